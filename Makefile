@@ -1,0 +1,38 @@
+# `make demo` and `make test` work on a fresh clone: they create .venv/ and install first.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build; override for a GPU machine, e.g. `make test TORCH=torch`.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint format clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch first, on its own: as a dependency of another package it could pull a CUDA build.
+$(STAMP): setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/pip install "$(TORCH)"
+	$(BIN)/pip install -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/python scripts/build_tokenizer.py --source bundled --bpe_vocab_size 1000 --output_dir outputs/tokenizer
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,68 @@
+"""Build the music tokenizer for a MIDI source, save it, and print what it makes of the corpus.
+
+    python scripts/build_tokenizer.py --source bundled --bpe_vocab_size 1000 --output_dir outputs/tokenizer
+    python scripts/build_tokenizer.py --source drengskapur/midi-classical-music --bpe_vocab_size 20000
+
+The composer tokens come from the source's labels (all splits, so that a composer seen
+only in validation still has a token); BPE is learned on the training split.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser
+
+from tokenization import MusicTokenizer, list_midi_files, load_source, skip_summary
+from tokenization.stats import corpus_table
+
+
+@dataclass
+class Arguments:
+    source: str = field(default="bundled", metadata={"help": "Folder, hf://datasets/..., Hub dataset id, or bundled."})
+    output_dir: str = field(default="outputs/tokenizer", metadata={"help": "Where the tokenizer is saved."})
+    bpe_vocab_size: int = field(default=0, metadata={"help": "Learn BPE up to this vocabulary size (0: no BPE)."})
+    bpe_max_files: int = field(default=2000, metadata={"help": "Training files used to learn BPE."})
+    push_to_hub: str | None = field(default=None, metadata={"help": "Also upload the tokenizer to this Hub repo id."})
+
+
+def print_table(table: list[dict]) -> None:
+    header = f"{'composer':<20} {'files':>6} {'notes':>9} {'tokens':>9} {'tok/note':>9} {'round trip':>11}"
+    print(header)
+    print("-" * len(header))
+    for row in table:
+        if row["composer"] == "total":
+            print("-" * len(header))
+        print(
+            f"{row['composer']:<20} {row['files']:>6} {row['notes']:>9} {row['tokens']:>9} "
+            f"{row['tokens_per_note']:>9.2f} {row['round_trip']:>10.2%}"
+        )
+
+
+def main() -> None:
+    (args,) = HfArgumentParser(Arguments).parse_args_into_dataclasses()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tokenization.blocks").setLevel(logging.ERROR)  # the summary line reports skips
+
+    tokenizer = MusicTokenizer(composers={f.composer for f in list_midi_files(args.source)})
+    if args.bpe_vocab_size:
+        rows = itertools.islice(load_source(args.source, split="train"), args.bpe_max_files)
+        tokenizer.train_bpe(args.bpe_vocab_size, (row["midi"] for row in rows))
+    tokenizer.save_pretrained(args.output_dir)
+    if args.push_to_hub:
+        print(f"pushed: {tokenizer.push_to_hub(args.push_to_hub)}")
+
+    rows = tqdm(load_source(args.source), desc="tokenizing", unit="file")
+    table, skipped = corpus_table(tokenizer, rows)
+    conditions = len(tokenizer) - tokenizer.base_vocab_size
+    print(f"\ntokenizer: {len(tokenizer)} tokens ({tokenizer.base_vocab_size} REMI/BPE + {conditions} composer)")
+    print(f"saved to {args.output_dir}\n")
+    print_table(table)
+    print(f"\n{skip_summary(skipped)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Training stream: MIDI rows -> token ids -> packed `block_size` blocks -> batches.
+
+Files are sharded across ranks (`split_dataset_by_node`) and, inside a rank, across
+DataLoader workers (datasets does that on its own: each file is one shard). Each
+worker tokenizes its files on the fly, concatenates the pieces
+(`BOS, Composer_x, ..., EOS, BOS, Composer_y, ...`), cuts the stream into blocks and
+shuffles them through a buffer.
+
+The position is resumable: `state_dict()` holds the source's position, the tokens
+carried over to the next block, the shuffle buffer, the random state and the skip
+counts, so `torchdata`'s `StatefulDataLoader` (accelerate's `use_stateful_dataloader`)
+restarts exactly where it stopped, per worker.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+from collections import Counter
+from collections.abc import Iterator
+
+import torch
+from datasets import IterableDataset
+from datasets.distributed import split_dataset_by_node
+
+from .composers import UNKNOWN, canonical_composer
+from .tokenizer import InvalidMidiError, MusicTokenizer, load_score
+
+logger = logging.getLogger(__name__)
+
+
+def encode_example(tokenizer: MusicTokenizer, example: dict, skipped: Counter, composer: str | None = None):
+    """(score, ids) of a source row, or None after counting why it was skipped.
+
+    `composer` overrides the row's label (condition dropout); a label the tokenizer has
+    no token for is encoded as `Unknown`.
+    """
+    try:
+        score = load_score(example["midi"])
+        name = canonical_composer(composer if composer is not None else example["composer"])
+        ids = tokenizer.encode(score, name if name in tokenizer.composers else UNKNOWN)
+    except InvalidMidiError as error:
+        reason, detail = error.reason, str(error)
+    except Exception as error:  # miditok can fail on odd but parseable files; never stop the stream
+        reason, detail = "tokenizer error", f"{type(error).__name__}: {error}"
+    else:
+        return score, ids
+    skipped[reason] += 1
+    logger.warning("skipped %s (%s)", example["path"], detail)
+    return None
+
+
+def skip_summary(skipped: Counter) -> str:
+    """One line: how many files were skipped and why."""
+    if not skipped:
+        return "skipped no files"
+    reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
+    return f"skipped {sum(skipped.values())} files: {reasons}"
+
+
+class TokenBlockStream(torch.utils.data.IterableDataset):
+    """Packed token blocks of a MIDI source, as `{"input_ids": list[int]}` rows.
+
+    `loop=True` repeats the source forever (training; the epoch reshuffles the file
+    order); `loop=False` reads it once and ends with a shorter last block (evaluation).
+    `shuffle_buffer=0` keeps the stream in file order.
+    """
+
+    def __init__(
+        self,
+        source: IterableDataset,
+        tokenizer: MusicTokenizer,
+        block_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle_buffer: int = 0,
+        condition_dropout: float = 0.0,
+        seed: int = 0,
+        loop: bool = False,
+    ) -> None:
+        if block_size < 2:
+            raise ValueError(f"block_size must be at least 2, got {block_size}")
+        if not 0.0 <= condition_dropout <= 1.0:
+            raise ValueError(f"condition_dropout is a probability, got {condition_dropout}")
+        if shuffle_buffer:
+            source = source.shuffle(seed=seed, buffer_size=1)  # file order per epoch; blocks mix below
+        self.source = split_dataset_by_node(source, rank=rank, world_size=world_size) if world_size > 1 else source
+        self.tokenizer = tokenizer
+        self.block_size = block_size
+        self.shuffle_buffer = shuffle_buffer
+        self.condition_dropout = condition_dropout
+        self.seed = seed + 7919 * rank
+        self.loop = loop
+        self._state = self._fresh_state(epoch=0)
+
+    def _fresh_state(self, epoch: int) -> dict:
+        worker = torch.utils.data.get_worker_info()
+        rng = random.Random(f"{self.seed}-{epoch}-{worker.id if worker else 0}")
+        return {"epoch": epoch, "source": None, "carry": [], "buffer": [], "rng": rng, "skipped": Counter()}
+
+    @property
+    def skipped(self) -> Counter:
+        """Files skipped so far in this process, by reason."""
+        return self._state["skipped"]
+
+    def state_dict(self) -> dict:
+        return copy.deepcopy(self._state)
+
+    def load_state_dict(self, state: dict) -> None:
+        self._state = copy.deepcopy(state)
+
+    def __iter__(self) -> Iterator[dict]:
+        state = self._state
+        if state["source"] is None and not state["carry"] and not state["buffer"]:
+            state = self._state = self._fresh_state(state["epoch"]) | {"skipped": state["skipped"]}
+        yield from self._cut(state)  # a resumed stream first finishes the piece it was in
+        while True:
+            self.source.set_epoch(state["epoch"])
+            if state["source"] is not None:
+                self.source.load_state_dict(state["source"])
+            for example in self.source:
+                state["source"] = self.source.state_dict()
+                yield from self._add_piece(example, state)
+            if not self.loop:
+                break
+            state["epoch"] += 1
+            state["source"] = None
+        while state["buffer"]:
+            yield self._pop(state)
+        if state["carry"]:
+            block, state["carry"] = state["carry"], []
+            yield {"input_ids": block}
+        self._state = self._fresh_state(epoch=0) | {"skipped": state["skipped"]}
+
+    def _add_piece(self, example: dict, state: dict) -> Iterator[dict]:
+        dropped = self.condition_dropout and state["rng"].random() < self.condition_dropout
+        composer = UNKNOWN if dropped else None
+        encoded = encode_example(self.tokenizer, example, state["skipped"], composer)
+        if encoded is None:
+            return
+        state["carry"].extend(encoded[1])
+        yield from self._cut(state)
+
+    def _cut(self, state: dict) -> Iterator[dict]:
+        while len(state["carry"]) >= self.block_size:
+            state["buffer"].append(state["carry"][: self.block_size])
+            del state["carry"][: self.block_size]
+            if len(state["buffer"]) > self.shuffle_buffer:
+                yield self._pop(state)
+
+    def _pop(self, state: dict) -> dict:
+        buffer = state["buffer"]
+        index = state["rng"].randrange(len(buffer)) if self.shuffle_buffer else 0
+        buffer[index], buffer[-1] = buffer[-1], buffer[index]
+        return {"input_ids": buffer.pop()}
+
+
+class BlockCollator:
+    """Batches blocks: pads to the longest, `attention_mask` 0 and `labels` -100 on padding."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        length = max(len(row["input_ids"]) for row in rows)
+        input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row["input_ids"])] = torch.tensor(row["input_ids"])
+            attention_mask[i, : len(row["input_ids"])] = 1
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -1,0 +1,152 @@
+"""MIDI sources behind one call: `load_source(uri)` -> stream of `{"midi", "composer", "path"}`.
+
+A source is a folder of MIDI files reached through fsspec, so the Hub
+(`hf://datasets/<owner>/<name>`) and a local copy with the same layout run the same
+code. `datasets.load_dataset` on the classical repo would only yield its
+`metadata.csv`, hence the file listing. Layouts, i.e. where the composer comes from:
+
+- `classical`: `data/<composer>-<piece>.mid` (drengskapur/midi-classical-music);
+- `lakh`: `<root>/<Artist>/<Title>[.N].mid` (Lakh MIDI Clean), `.N` versions skipped
+  unless asked for;
+- `folder`: any tree of MIDI files, composer `Unknown`.
+
+The layout is detected, or forced with a prefix: `lakh:/data/clean_midi`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+from datasets import Features, IterableDataset, Value
+
+from .composers import UNKNOWN, canonical_composer, composer_from_filename
+
+logger = logging.getLogger(__name__)
+
+CORPUS = Path(__file__).parent / "corpus"
+BUNDLED = {
+    "bundled": CORPUS / "midi-classical-music",
+    "bundled:classical": CORPUS / "midi-classical-music",
+    "bundled:lakh": CORPUS / "lakh-clean" / "clean_midi",
+}
+HUB_CLASSICAL = "drengskapur/midi-classical-music"
+LAYOUTS = ("classical", "lakh", "folder")
+SPLITS = {"train": 0.9, "validation": 0.05, "test": 0.05}
+MIDI_SUFFIXES = (".mid", ".midi")
+FEATURES = Features({"midi": Value("binary"), "composer": Value("string"), "path": Value("string")})
+
+_VERSION = re.compile(r"\.\d+$")  # Lakh: "Title.2.mid" is another version of "Title.mid"
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class MidiFile:
+    url: str  # what fsspec opens
+    path: str  # relative to the source root: the split hash and the logs use it
+    composer: str
+
+
+def resolve(uri: str) -> tuple[str, str | None]:
+    """Split `[layout:]location` and expand the short forms; return (url, forced layout)."""
+    if uri in BUNDLED:
+        return str(BUNDLED[uri]), None
+    layout, _, rest = uri.partition(":")
+    if layout in LAYOUTS and rest:
+        return resolve(rest)[0], layout
+    if _REPO_ID.match(uri) and not Path(uri).exists():
+        return f"hf://datasets/{uri}", None
+    return uri, None
+
+
+def split_of(path: str, fractions: dict[str, float] = SPLITS) -> str:
+    """The split of a file, from a hash of its path relative to the source root.
+
+    Stable across runs, ranks and machines, and the same for a Hub dataset and its
+    local copy.
+    """
+    position = int.from_bytes(hashlib.sha256(path.encode()).digest()[:8], "big") / 2**64
+    total = 0.0
+    for name, fraction in fractions.items():
+        total += fraction
+        if position < total:
+            return name
+    return name
+
+
+def _detect_layout(fs: fsspec.AbstractFileSystem, root: str, relative: list[str]) -> str:
+    if fs.exists(f"{root}/metadata.csv") or any(p.startswith("data/") and "-" in p for p in relative):
+        return "classical"
+    if relative and all(p.count("/") == 1 for p in relative):
+        return "lakh"
+    return "folder"
+
+
+def _composer(layout: str, path: str) -> str:
+    if layout == "classical":
+        return composer_from_filename(path)
+    if layout == "lakh":
+        return canonical_composer(path.split("/", 1)[0])
+    return UNKNOWN
+
+
+def list_midi_files(uri: str, include_versions: bool = False) -> list[MidiFile]:
+    """Every MIDI file of a source, sorted by path, with its composer."""
+    url, layout = resolve(uri)
+    fs, root = fsspec.core.url_to_fs(url)
+    root = root.rstrip("/")
+    if not fs.isdir(root):
+        raise FileNotFoundError(
+            f"MIDI source {uri!r} not found: give a local folder, hf://datasets/<owner>/<name>, "
+            f"a Hub dataset id, or one of {', '.join(BUNDLED)}"
+        )
+    if fs.isdir(f"{root}/clean_midi"):  # the Lakh archive's top folder
+        root = f"{root}/clean_midi"
+    found = sorted(p for p in fs.find(root) if p.lower().endswith(MIDI_SUFFIXES))
+    relative = [p[len(root) + 1 :] for p in found]
+    layout = layout or _detect_layout(fs, root, relative)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+    files = [MidiFile(prefix + full, rel, _composer(layout, rel)) for full, rel in zip(found, relative, strict=True)]
+    if layout == "lakh" and not include_versions:
+        files = [f for f in files if not _VERSION.search(Path(f.path).stem)]
+    return files
+
+
+def _read(urls: list[str], paths: list[str], composers: list[str]):
+    for url, path, composer in zip(urls, paths, composers, strict=True):
+        try:
+            with fsspec.open(url, "rb") as handle:
+                midi = handle.read()
+        except OSError as error:
+            logger.warning("skipped %s: cannot read it (%s)", path, error)
+            continue
+        yield {"midi": midi, "composer": composer, "path": path}
+
+
+def load_source(uri: str, split: str | None = None, include_versions: bool = False) -> IterableDataset:
+    """A streaming dataset of `{"midi": bytes, "composer": str, "path": str}`, one row per file.
+
+    `uri`: a local folder, `hf://datasets/<owner>/<name>[/subfolder]`, a Hub dataset id,
+    or `bundled` / `bundled:lakh`, optionally prefixed by a layout (`lakh:`,
+    `classical:`, `folder:`). `split`: `train`, `validation` or `test` by path hash, or
+    None for all files. Each file is one shard, so ranks and DataLoader workers read
+    different files.
+    """
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)} or None")
+    files = list_midi_files(uri, include_versions=include_versions)
+    if split is not None:
+        files = [f for f in files if split_of(f.path) == split]
+    if not files:
+        raise ValueError(f"no MIDI files in {uri!r}" + (f" for split {split!r}" if split else ""))
+    columns = {
+        "urls": [f.url for f in files],
+        "paths": [f.path for f in files],
+        "composers": [f.composer for f in files],
+    }
+    return IterableDataset.from_generator(_read, gen_kwargs=columns, features=FEATURES)

@@ -1,0 +1,250 @@
+"""The music tokenizer: miditok REMI plus composer condition tokens.
+
+Ids `[0, len(base))` are miditok's own (its special tokens PAD/BOS/EOS first, then
+REMI tokens, then learned BPE tokens); the condition tokens `Composer_<name>` follow,
+`Composer_Unknown` first. Keeping them outside miditok's vocabulary means that BPE can
+be trained without touching them and that a composer added later just takes the next
+id, so the ids of a trained model never move.
+
+A saved folder holds miditok's `tokenizer.json` (readable by miditok alone) and
+`music_tokenizer.json`, a plain JSON description of the condition tokens, so the Hub
+pipeline can use the folder with nothing but miditok installed.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Union
+
+import miditok
+import symusic
+from huggingface_hub import HfApi, snapshot_download
+
+from .composers import ALIASES, HYPHENATED, UNKNOWN, canonical_composer
+
+BASE_FILE = "tokenizer.json"
+CONDITIONS_FILE = "music_tokenizer.json"
+COMPOSER_PREFIX = "Composer_"
+# miditok trains BPE per bar with a Metaspace pre-tokenizer: each bar's bytes start with
+# this marker, which, when BPE leaves it alone, becomes an id that stands for no token.
+WORD_MARKER = "\u2581"
+
+MidiInput = Union[str, Path, bytes, "symusic.Score"]  # noqa: UP007 (symusic.Score is a factory, not a class)
+
+
+class InvalidMidiError(ValueError):
+    """A MIDI input that cannot be used; `reason` is one of "empty", "unreadable", "no notes"."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+def default_base_config() -> miditok.TokenizerConfig:
+    """REMI as the design asks: all programs in one stream, tempos, time signatures,
+    rests, 16 velocity bins, and BOS/EOS/PAD as miditok special tokens."""
+    return miditok.TokenizerConfig(
+        use_programs=True,
+        one_token_stream_for_programs=True,
+        use_tempos=True,
+        use_time_signatures=True,
+        use_rests=True,
+        num_velocities=16,
+        special_tokens=["PAD", "BOS", "EOS"],
+    )
+
+
+def load_score(midi: MidiInput) -> symusic.Score:
+    """Read a MIDI path, MIDI bytes or Score; raise `InvalidMidiError` saying why it is unusable."""
+    if isinstance(midi, symusic.Score):
+        score = midi
+    else:
+        data = Path(midi).read_bytes() if isinstance(midi, (str, Path)) else bytes(midi)
+        if not data:
+            raise InvalidMidiError("empty", "0 bytes")
+        try:
+            score = symusic.Score.from_midi(data)
+        except Exception as error:  # symusic raises RuntimeError/ValueError with its parser's text
+            raise InvalidMidiError("unreadable", str(error).splitlines()[0]) from error
+    if score.note_num() == 0:
+        raise InvalidMidiError("no notes")
+    return score
+
+
+class MusicTokenizer:
+    """REMI tokens of a piece framed as `BOS, Composer_<name>, <music>, EOS`."""
+
+    def __init__(self, base: miditok.REMI | None = None, composers: Iterable[str] = ()) -> None:
+        self.base = base if base is not None else miditok.REMI(default_base_config())
+        for name in ("PAD_None", "BOS_None", "EOS_None"):
+            if name not in self.base.vocab:
+                raise ValueError(
+                    f"the miditok tokenizer lacks {name}: create it with special_tokens=['PAD', 'BOS', 'EOS']"
+                )
+        self._conditions: list[str] = [UNKNOWN]
+        self.add_composers(composers)
+
+    # ----- vocabulary -----
+    @property
+    def base_vocab_size(self) -> int:
+        """Size of miditok's vocabulary, BPE tokens included: the first condition token's id."""
+        return len(self.base)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.base_vocab_size + len(self._conditions)
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.base.vocab["PAD_None"]
+
+    @property
+    def bos_token_id(self) -> int:
+        return self.base.vocab["BOS_None"]
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.base.vocab["EOS_None"]
+
+    @property
+    def composers(self) -> list[str]:
+        """The canonical composer names this tokenizer has tokens for (not `Unknown`)."""
+        return self._conditions[1:]
+
+    @property
+    def condition_token_ids(self) -> dict[str, int]:
+        return {COMPOSER_PREFIX + name: self.base_vocab_size + i for i, name in enumerate(self._conditions)}
+
+    def add_composers(self, names: Iterable[str]) -> list[int]:
+        """Add condition tokens for new composers (e.g. before fine-tuning); return their ids.
+
+        Known names and aliases are ignored. A model trained with this tokenizer needs
+        `model.resize_token_embeddings(len(tokenizer))` afterwards.
+        """
+        added = []
+        for name in sorted({canonical_composer(n) for n in names} - set(self._conditions)):
+            self._conditions.append(name)
+            added.append(self.base_vocab_size + len(self._conditions) - 1)
+        return added
+
+    def composer_token_id(self, composer: str | None) -> int:
+        """Id of `Composer_<name>` (None gives `Composer_Unknown`); an unknown name is an error."""
+        name = canonical_composer(composer)
+        if name not in self._conditions:
+            known = ", ".join(self.composers) or "none"
+            raise ValueError(
+                f"unknown composer {composer!r}: this tokenizer knows {known}; "
+                "add it with MusicTokenizer.add_composers"
+            )
+        return self.base_vocab_size + self._conditions.index(name)
+
+    def id_to_token(self, token_id: int) -> str:
+        """The token string of an id: a condition token, or miditok's (BPE) token."""
+        if token_id >= self.base_vocab_size:
+            return COMPOSER_PREFIX + self._conditions[token_id - self.base_vocab_size]
+        if self.base.is_trained:
+            return "+".join(self.base_tokens(token_id))
+        return self.base[token_id]
+
+    def base_tokens(self, token_id: int) -> list[str]:
+        """The REMI tokens an id stands for: one, or several for a BPE token."""
+        if not self.base.is_trained:
+            return [self.base[token_id]]
+        seq = miditok.TokSequence(ids=[token_id], are_ids_encoded=True)
+        self.base.decode_token_ids(seq)
+        self.base.complete_sequence(seq)
+        return seq.tokens
+
+    # ----- encoding -----
+    def encode(self, midi: MidiInput, composer: str | None = None) -> list[int]:
+        """Token ids of a piece: `BOS, Composer_<composer>, <REMI/BPE tokens>, EOS`."""
+        condition = self.composer_token_id(composer)
+        music = self.base.encode(load_score(midi)).ids
+        if self.base.is_trained:  # drop the bare word marker: it carries no music
+            marker = self.base.vocab_model.get(WORD_MARKER)
+            music = [i for i in music if i != marker]
+        return [self.bos_token_id, condition, *music, self.eos_token_id]
+
+    def decode(self, ids: Iterable[int]) -> symusic.Score:
+        """A Score from token ids; special and condition tokens are dropped."""
+        skip = {self.pad_token_id, self.bos_token_id, self.eos_token_id}
+        base_size = self.base_vocab_size  # len(miditok) rebuilds a dict: once, not per id
+        music = [int(i) for i in ids if int(i) < base_size and int(i) not in skip]
+        return self.base.decode(music)
+
+    def train_bpe(self, vocab_size: int, midis: Iterable[MidiInput]) -> None:
+        """Learn BPE merges with miditok's trainer on the given pieces.
+
+        Condition ids move up by the number of new tokens, so train BPE before any model
+        uses the tokenizer. Unusable MIDI is skipped.
+        """
+        with tempfile.TemporaryDirectory() as folder:
+            paths = []
+            for i, midi in enumerate(midis):
+                try:
+                    score = load_score(midi)
+                except InvalidMidiError:
+                    continue
+                paths.append(Path(folder, f"{i}.mid"))
+                score.dump_midi(paths[-1])
+            if not paths:
+                raise ValueError("no usable MIDI to train BPE on")
+            self.base.train(vocab_size=vocab_size, model="BPE", files_paths=paths)
+
+    # ----- saving and loading -----
+    def save_pretrained(self, save_directory: str | Path) -> None:
+        """Write `tokenizer.json` (miditok) and `music_tokenizer.json` (condition tokens)."""
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.base.save(folder / BASE_FILE)
+        description = {
+            "tokenizer_class": type(self).__name__,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "unknown_composer": UNKNOWN,
+            "condition_tokens": self.condition_token_ids,
+            "composer_aliases": ALIASES,
+            "hyphenated_composers": list(HYPHENATED),
+        }
+        (folder / CONDITIONS_FILE).write_text(json.dumps(description, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, revision: str | None = None, **hub_kwargs) -> MusicTokenizer:
+        """Load from a folder, or from a Hub repo id (through the Hugging Face cache)."""
+        folder = Path(name_or_path)
+        if not folder.is_dir():
+            folder = Path(
+                snapshot_download(
+                    str(name_or_path), revision=revision, allow_patterns=[BASE_FILE, CONDITIONS_FILE], **hub_kwargs
+                )
+            )
+        missing = [name for name in (BASE_FILE, CONDITIONS_FILE) if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"no music tokenizer in {name_or_path}: {', '.join(missing)} missing; "
+                "save one there with MusicTokenizer.save_pretrained"
+            )
+        base = miditok.REMI(params=folder / BASE_FILE)
+        description = json.loads((folder / CONDITIONS_FILE).read_text())
+        tokenizer = cls(base)
+        by_id = sorted(description["condition_tokens"].items(), key=lambda item: item[1])
+        tokenizer._conditions = [token.removeprefix(COMPOSER_PREFIX) for token, _ in by_id]
+        if by_id[0][1] != tokenizer.base_vocab_size or tokenizer._conditions[0] != UNKNOWN:
+            raise ValueError(f"{folder / CONDITIONS_FILE} does not match {folder / BASE_FILE}: rebuild the tokenizer")
+        return tokenizer
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None) -> str:
+        """Upload the tokenizer files to a Hub model repo (created if needed); return the commit URL."""
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder)
+            commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Upload music tokenizer")
+        return commit.commit_url
