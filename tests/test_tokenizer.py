@@ -38,15 +38,21 @@ def test_decode_drops_condition_and_special_tokens(tokenizer, good_midis):
     assert tokenizer.decode(with_extra).note_num() == tokenizer.decode(ids).note_num() > 0
 
 
-def test_round_trip_keeps_at_least_99_percent_of_notes(tokenizer):
+def notes_kept(tokenizer, files) -> tuple[int, int]:
+    """(notes kept, notes) over the usable files of a source, MIDI -> tokens -> MIDI."""
     kept = total = 0
-    for midi_file in list_midi_files("bundled"):
+    for midi_file in files:
         try:
             score = load_score(midi_file.url)
         except InvalidMidiError:
             continue
         file_kept, file_total = round_trip(tokenizer, score)
         kept, total = kept + file_kept, total + file_total
+    return kept, total
+
+
+def test_round_trip_keeps_at_least_99_percent_of_notes(tokenizer):
+    kept, total = notes_kept(tokenizer, list_midi_files("bundled"))
     assert total > 100_000
     assert kept / total >= 0.99
 
@@ -125,3 +131,27 @@ def test_loads_repo_id_offline_from_the_hugging_face_cache(tokenizer, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [str(len(tokenizer)), ",".join(tokenizer.composers)]
+
+
+def test_push_to_hub_uploads_both_files(tokenizer, monkeypatch):
+    uploaded = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            uploaded["repo"] = repo_id
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            uploaded["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+            return type("Commit", (), {"commit_url": f"https://hub/{repo_id}/commit/1"})()
+
+    monkeypatch.setattr("tokenization.tokenizer.HfApi", FakeApi)
+    assert tokenizer.push_to_hub("someone/tok") == "https://hub/someone/tok/commit/1"
+    assert uploaded == {"repo": "someone/tok", "files": ["music_tokenizer.json", "tokenizer.json"]}
+
+
+def test_round_trip_on_real_classical_files(tokenizer, shared_data):
+    kept, total = notes_kept(tokenizer, list_midi_files(str(shared_data / "midi-classical-music"), max_files=40))
+    assert kept / total >= 0.99

@@ -63,13 +63,15 @@ def resolve(uri: str) -> tuple[str, str | None]:
     return uri, None
 
 
-def split_of(path: str, fractions: dict[str, float] = SPLITS) -> str:
-    """The split of a file, from a hash of its path relative to the source root.
+def path_hash(path: str) -> float:
+    """A number in [0, 1) from a file's path relative to the source root: stable across
+    runs, ranks and machines, and the same for a Hub dataset and its local copy."""
+    return int.from_bytes(hashlib.sha256(path.encode()).digest()[:8], "big") / 2**64
 
-    Stable across runs, ranks and machines, and the same for a Hub dataset and its
-    local copy.
-    """
-    position = int.from_bytes(hashlib.sha256(path.encode()).digest()[:8], "big") / 2**64
+
+def split_of(path: str, fractions: dict[str, float] = SPLITS) -> str:
+    """The split of a file, from `path_hash`."""
+    position = path_hash(path)
     total = 0.0
     for name, fraction in fractions.items():
         total += fraction
@@ -94,8 +96,12 @@ def _composer(layout: str, path: str) -> str:
     return UNKNOWN
 
 
-def list_midi_files(uri: str, include_versions: bool = False) -> list[MidiFile]:
-    """Every MIDI file of a source, sorted by path, with its composer."""
+def list_midi_files(
+    uri: str, split: str | None = None, include_versions: bool = False, max_files: int | None = None
+) -> list[MidiFile]:
+    """The MIDI files of a source (see `load_source` for the arguments), sorted by path."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)} or None")
     url, layout = resolve(uri)
     fs, root = fsspec.core.url_to_fs(url)
     root = root.rstrip("/")
@@ -114,6 +120,10 @@ def list_midi_files(uri: str, include_versions: bool = False) -> list[MidiFile]:
     files = [MidiFile(prefix + full, rel, _composer(layout, rel)) for full, rel in zip(found, relative, strict=True)]
     if layout == "lakh" and not include_versions:
         files = [f for f in files if not _VERSION.search(Path(f.path).stem)]
+    if split is not None:
+        files = [f for f in files if split_of(f.path) == split]
+    if max_files is not None:
+        files = sorted(sorted(files, key=lambda f: path_hash(f.path))[:max_files], key=lambda f: f.path)
     return files
 
 
@@ -128,20 +138,19 @@ def _read(urls: list[str], paths: list[str], composers: list[str]):
         yield {"midi": midi, "composer": composer, "path": path}
 
 
-def load_source(uri: str, split: str | None = None, include_versions: bool = False) -> IterableDataset:
+def load_source(
+    uri: str, split: str | None = None, include_versions: bool = False, max_files: int | None = None
+) -> IterableDataset:
     """A streaming dataset of `{"midi": bytes, "composer": str, "path": str}`, one row per file.
 
     `uri`: a local folder, `hf://datasets/<owner>/<name>[/subfolder]`, a Hub dataset id,
     or `bundled` / `bundled:lakh`, optionally prefixed by a layout (`lakh:`,
     `classical:`, `folder:`). `split`: `train`, `validation` or `test` by path hash, or
-    None for all files. Each file is one shard, so ranks and DataLoader workers read
-    different files.
+    None for all files. `max_files`: a fixed sample of that many (by path hash), for
+    quick runs. Each file is one shard, so ranks and DataLoader workers read different
+    files.
     """
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)} or None")
-    files = list_midi_files(uri, include_versions=include_versions)
-    if split is not None:
-        files = [f for f in files if split_of(f.path) == split]
+    files = list_midi_files(uri, split, include_versions, max_files)
     if not files:
         raise ValueError(f"no MIDI files in {uri!r}" + (f" for split {split!r}" if split else ""))
     columns = {
