@@ -1,0 +1,321 @@
+"""MusicMamba: a Mamba-2 (state space duality) language model over music tokens.
+
+Pre-norm residual blocks (RMSNorm) around a Mamba-2 mixer, tied embeddings. The mixer's
+parameter names are those of `mamba_ssm.Mamba2` (`in_proj`, `conv1d`, `dt_bias`, `A_log`,
+`D`, `norm`, `out_proj`), so weights move between this file and mamba_ssm.
+
+Training and prefill run a chunked scan: the `mamba_ssm` Triton kernel when it imports
+and the tensors are on CUDA, else the pure-PyTorch SSD algorithm below (a few einsums per
+chunk, no Python loop over time steps). Generation carries, per layer, the last `d_conv`
+conv inputs and a `[heads, headdim, d_state]` state in a `DynamicCache`: the cost of a
+new token does not depend on how many came before.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.utils import ModelOutput
+
+from .configuration_music_mamba import MusicMambaConfig
+
+try:  # the GPU extra: Triton kernels, installable without compiling (MAMBA_SKIP_CUDA_BUILD=TRUE)
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+except ImportError:
+    mamba_chunk_scan_combined = None
+
+
+def segment_sum(x: torch.Tensor) -> torch.Tensor:
+    """`out[..., i, j] = x[..., j+1] + ... + x[..., i]` for `j <= i`, `-inf` above the diagonal."""
+    length = x.size(-1)
+    x = x[..., None].expand(*x.shape, length)
+    strictly_lower = torch.tril(torch.ones(length, length, dtype=torch.bool, device=x.device), diagonal=-1)
+    sums = torch.cumsum(x.masked_fill(~strictly_lower, 0), dim=-2)
+    lower = torch.tril(torch.ones(length, length, dtype=torch.bool, device=x.device))
+    return sums.masked_fill(~lower, float("-inf"))
+
+
+def ssd_chunked_scan(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Mamba-2 scan `h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t`, `y_t = C_t h_t`, by chunks.
+
+    Within a chunk the output is a masked (decay-weighted) attention-like product; chunk
+    states are passed on by a short recurrence over chunks. Shapes: x `[b, l, h, p]`, dt
+    `[b, l, h]` (after softplus), A `[h]`, B and C `[b, l, g, n]`, state `[b, h, p, n]`.
+    Returns y `[b, l, h, p]` and the final state.
+    """
+    batch, length, heads, _ = x.shape
+    pad = -length % chunk_size
+    # Padding with dt = 0 neither adds input nor decays the state: the final state stays exact.
+    x, dt, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
+    repeat = heads // B.shape[2]
+    B, C = (t.repeat_interleave(repeat, dim=2) for t in (B, C))
+    chunks = x.shape[1] // chunk_size
+    x, dt, B, C = (t.reshape(batch, chunks, chunk_size, *t.shape[2:]) for t in (x, dt, B, C))
+
+    dA = (dt * A).permute(0, 3, 1, 2)  # [b, h, c, l]
+    dA_cumsum = torch.cumsum(dA, dim=-1)
+    x_dt = x * dt[..., None]
+
+    # 1. outputs from inputs of the same chunk
+    decay = torch.exp(segment_sum(dA))  # [b, h, c, l, l]
+    y_diag = torch.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", C, B, decay, x_dt)
+    # 2. each chunk's own final state
+    decay_to_end = torch.exp(dA_cumsum[..., -1:] - dA_cumsum)
+    states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B, decay_to_end, x_dt)
+    # 3. states carried across chunks
+    if initial_state is None:
+        initial_state = torch.zeros_like(states[:, 0])
+    states = torch.cat([initial_state[:, None].to(states.dtype), states], dim=1)
+    chunk_decay = torch.exp(segment_sum(F.pad(dA_cumsum[..., -1], (1, 0))))  # [b, h, c+1, c+1]
+    states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)
+    states, final_state = states[:, :-1], states[:, -1]
+    # 4. outputs from the state entering each chunk
+    y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", C, states, torch.exp(dA_cumsum))
+
+    y = (y_diag + y_off).reshape(batch, chunks * chunk_size, heads, -1)
+    return y[:, :length], final_state
+
+
+class MusicMambaRMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class MusicMambaGatedRMSNorm(MusicMambaRMSNorm):
+    """`RMSNorm(x * silu(z))` per group of channels, as `mamba_ssm`'s RMSNormGated (norm after gate)."""
+
+    def __init__(self, size: int, group_size: int, eps: float) -> None:
+        super().__init__(size, eps)
+        self.group_size = group_size
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float() * F.silu(gate.float())
+        groups = x.view(*x.shape[:-1], -1, self.group_size)
+        groups = groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * groups.view_as(x).to(dtype)
+
+
+class MusicMambaMixer(nn.Module):
+    """The Mamba-2 mixer: projection, causal conv, selective scan, gated norm, projection."""
+
+    def __init__(self, config: MusicMambaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.d_inner, self.nheads, self.headdim = config.d_inner, config.nheads, config.headdim
+        self.ngroups, self.d_state, self.d_conv = config.ngroups, config.d_state, config.d_conv
+        self.chunk_size = config.chunk_size
+        self.conv_dim = self.d_inner + 2 * self.ngroups * self.d_state
+        self.in_proj = nn.Linear(config.n_embd, self.d_inner + self.conv_dim + self.nheads, bias=False)
+        self.conv1d = nn.Conv1d(
+            self.conv_dim, self.conv_dim, self.d_conv, groups=self.conv_dim, padding=self.d_conv - 1
+        )
+        self.dt_bias = nn.Parameter(torch.empty(self.nheads))
+        self.A_log = nn.Parameter(torch.empty(self.nheads))
+        self.D = nn.Parameter(torch.empty(self.nheads))
+        self.norm = MusicMambaGatedRMSNorm(self.d_inner, self.d_inner // self.ngroups, config.layer_norm_epsilon)
+        self.out_proj = nn.Linear(self.d_inner, config.n_embd, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        batch, length, _ = hidden_states.shape
+        gate, xBC, dt = self.in_proj(hidden_states).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        xBC = F.silu(self._conv(xBC, cache))
+        x, B, C = xBC.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        x = x.reshape(batch, length, self.nheads, self.headdim)
+        B = B.reshape(batch, length, self.ngroups, self.d_state)
+        C = C.reshape(batch, length, self.ngroups, self.d_state)
+        state = cache.get_recurrent_state(self.layer_idx) if cache is not None else None
+        y, state = self._scan(x, dt, B, C, state)
+        if cache is not None:
+            cache.update_recurrent_state(state, self.layer_idx)
+        y = y + x * self.D[:, None].to(x.dtype)
+        return self.out_proj(self.norm(y.reshape(batch, length, self.d_inner), gate))
+
+    def _conv(self, xBC: torch.Tensor, cache: Cache | None) -> torch.Tensor:
+        """Causal depthwise conv, continuing from the cached last `d_conv` inputs if any."""
+        xBC = xBC.transpose(1, 2)
+        if cache is None:
+            return self.conv1d(xBC)[..., : xBC.shape[-1]].transpose(1, 2)
+        previous = cache.get_conv_state(self.layer_idx)
+        if previous is None:
+            previous = xBC.new_zeros(xBC.shape[0], self.conv_dim, self.d_conv)
+        window = torch.cat([previous[..., 1:].to(xBC.dtype), xBC], dim=-1)
+        cache.update_conv_state(window[..., -self.d_conv :], self.layer_idx, conv_kernel_size=self.d_conv)
+        out = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=self.conv_dim)
+        return out.transpose(1, 2)
+
+    def _scan(self, x, dt, B, C, state):
+        A = -torch.exp(self.A_log.float())
+        step = x.shape[1] == 1 and state is not None
+        if mamba_chunk_scan_combined is not None and x.is_cuda and not step:
+            y, state = mamba_chunk_scan_combined(
+                x, dt, A, B, C, self.chunk_size, dt_bias=self.dt_bias, dt_softplus=True,
+                initial_states=state, return_final_states=True,
+            )  # fmt: skip
+            return y, state
+        dt = F.softplus(dt.float() + self.dt_bias.float())
+        if step:  # one new token: the recurrence itself
+            heads_per_group = self.nheads // self.ngroups
+            B, C = (t[:, 0].float().repeat_interleave(heads_per_group, dim=1) for t in (B, C))
+            dt = dt[:, 0]
+            state = state * torch.exp(dt * A)[..., None, None] + torch.einsum(
+                "bh,bhn,bhp->bhpn", dt, B, x[:, 0].float()
+            )
+            y = torch.einsum("bhpn,bhn->bhp", state, C)[:, None]
+            return y.to(x.dtype), state
+        y, state = ssd_chunked_scan(x.float(), dt, A, B.float(), C.float(), self.chunk_size, state)
+        return y.to(x.dtype), state
+
+
+class MusicMambaBlock(nn.Module):
+    def __init__(self, config: MusicMambaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.norm = MusicMambaRMSNorm(config.n_embd, config.layer_norm_epsilon)
+        self.mixer = MusicMambaMixer(config, layer_idx)
+
+    def forward(self, hidden_states: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        return hidden_states + self.mixer(self.norm(hidden_states), cache)
+
+
+@dataclass
+class MusicMambaCausalLMOutput(ModelOutput):
+    """Loss, logits, and the recurrent `cache` to continue from."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+class MusicMambaPreTrainedModel(PreTrainedModel):
+    config: MusicMambaConfig
+    config_class = MusicMambaConfig
+    base_model_prefix = "backbone"
+    _no_split_modules = ["MusicMambaBlock"]
+    _is_stateful = True
+    supports_gradient_checkpointing = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2 normal init for projections and embeddings; Mamba-2's for the mixer's dynamics."""
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, MusicMambaRMSNorm):
+            init.ones_(module.weight)
+        elif isinstance(module, MusicMambaMixer):
+            init.kaiming_uniform_(module.conv1d.weight, a=math.sqrt(5))
+            init.zeros_(module.conv1d.bias)
+            # dt log-uniform in [dt_min, dt_max]; dt_bias is its softplus inverse
+            low, high = math.log(self.config.dt_min), math.log(self.config.dt_max)
+            dt = torch.exp(torch.rand(module.nheads) * (high - low) + low).clamp(min=self.config.dt_init_floor)
+            init.copy_(module.dt_bias, dt + torch.log(-torch.expm1(-dt)))
+            init.copy_(module.A_log, torch.log(torch.empty(module.nheads).uniform_(1, 16)))
+            init.ones_(module.D)
+            # residual projections scaled by 1/sqrt(n_layer), as in GPT-2
+            init.normal_(module.out_proj.weight, mean=0.0, std=std / math.sqrt(self.config.n_layer))
+
+
+class MusicMambaModel(MusicMambaPreTrainedModel):
+    def __init__(self, config: MusicMambaConfig) -> None:
+        super().__init__(config)
+        self.embedding = nn.Embedding(config.vocab_size, config.n_embd)
+        self.layers = nn.ModuleList([MusicMambaBlock(config, i) for i in range(config.n_layer)])
+        self.norm_f = MusicMambaRMSNorm(config.n_embd, config.layer_norm_epsilon)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embedding
+
+    def set_input_embeddings(self, embeddings: nn.Embedding) -> None:
+        self.embedding = embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        cache: Cache | None = None,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        hidden_states = self.embedding(input_ids) if inputs_embeds is None else inputs_embeds
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, cache)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+        return self.norm_f(hidden_states), all_hidden_states
+
+
+class MusicMambaForCausalLM(MusicMambaPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "backbone.embedding.weight"}
+
+    def __init__(self, config: MusicMambaConfig) -> None:
+        super().__init__(config)
+        self.backbone = MusicMambaModel(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, embeddings: nn.Embedding) -> None:
+        self.backbone.set_input_embeddings(embeddings)
+
+    def prepare_inputs_for_generation(self, input_ids, cache=None, use_cache=None, is_first_iteration=False, **kwargs):
+        """The first call feeds the whole prompt; later ones only the newest token (the state holds the rest)."""
+        if use_cache and cache is not None and not is_first_iteration:
+            input_ids = input_ids[:, -1:]
+        return {"input_ids": input_ids, "cache": cache, "use_cache": use_cache}
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        cache: Cache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> MusicMambaCausalLMOutput:
+        """`attention_mask` is accepted for API compatibility: packed training blocks and
+        left-aligned generation need none (padding sits at the end, its labels are -100)."""
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        hidden_states, all_hidden_states = self.backbone(
+            input_ids, inputs_embeds, cache if use_cache else None, bool(output_hidden_states)
+        )
+        logits = self.lm_head(hidden_states[:, -logits_to_keep:] if logits_to_keep else hidden_states).float()
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return MusicMambaCausalLMOutput(
+            loss=loss, logits=logits, cache=cache if use_cache else None, hidden_states=all_hidden_states
+        )
+
+
+__all__ = ["MusicMambaForCausalLM", "MusicMambaModel", "MusicMambaPreTrainedModel"]

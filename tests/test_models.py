@@ -1,0 +1,166 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2LMHeadModel
+
+import modeling
+from modeling import FAMILIES, build_config
+
+CUSTOM = ["mamba"]
+
+
+class Ids:
+    """The tokenizer ids a config needs, without building a tokenizer."""
+
+    bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+    def __len__(self) -> int:
+        return 96
+
+
+def tiny(family: str, **overrides):
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(build_config(family, "tiny", Ids(), **overrides)).eval()
+
+
+def run(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
+
+
+@pytest.mark.parametrize("family", CUSTOM)
+def test_stepping_matches_the_full_forward(family):
+    model = tiny(family)
+    ids = torch.randint(0, 96, (3, 37))  # not a multiple of the chunk size
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        out = model(ids[:, :1], use_cache=True)
+        steps = [out.logits]
+        for t in range(1, ids.shape[1]):
+            out = model(ids[:, t : t + 1], cache=out.cache, use_cache=True)
+            steps.append(out.logits)
+        prefix = model(ids[:, :20], use_cache=True)
+        rest = model(ids[:, 20:], cache=prefix.cache, use_cache=True).logits
+    assert (full - torch.cat(steps, dim=1)).abs().max() <= 1e-4
+    assert (full - torch.cat([prefix.logits, rest], dim=1)).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("family", CUSTOM)
+def test_generation_keeps_a_fixed_size_state(family):
+    model = tiny(family)
+    prompt = torch.randint(0, 96, (2, 5))
+    greedy = model.generate(prompt, max_new_tokens=30, do_sample=False, use_cache=True, eos_token_id=None)
+    assert greedy.shape == (2, 35)
+    with torch.no_grad():  # greedy tokens are the argmax of the full forward
+        assert torch.equal(model(greedy, use_cache=False).logits[:, 4:-1].argmax(-1), greedy[:, 5:])
+    sampled = model.generate(prompt, max_new_tokens=30, do_sample=True, top_k=20, eos_token_id=None)
+    assert sampled.shape == (2, 35) and not torch.equal(sampled, greedy)
+
+    def state_size(length):
+        with torch.no_grad():
+            cache = model(torch.randint(0, 96, (2, length)), use_cache=True).cache
+        return sum(
+            t.numel()
+            for layer in cache.layers
+            for t in [*layer.conv_states.values(), *layer.recurrent_states.values()]
+        )
+
+    assert state_size(10) == state_size(300) > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_parameter_learns(family):
+    model = tiny(family).train()
+    ids = torch.randint(0, 96, (2, 24))
+    model(ids, labels=ids).loss.backward()
+    assert [name for name, p in model.named_parameters() if p.grad is None or not p.grad.any()] == []
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_save_and_load_through_auto_classes(family, tmp_path):
+    model = tiny(family)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(loaded) is type(model)
+    ids = torch.randint(0, 96, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)
+    assert (tmp_path / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("family", CUSTOM)
+def test_remote_code_and_offline_hub_cache_without_this_project(family, tmp_path):
+    """A folder saved for the Hub loads where this project cannot be imported, from a
+    filled Hugging Face cache by repo id with HF_HUB_OFFLINE=1."""
+    model = tiny(family)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / f"models--someone--music-{family}"
+    model.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    ids = torch.randint(0, 96, (1, 12))
+    with torch.no_grad():
+        expected = model(ids).logits.sum().item()
+    code = f"""
+import sys
+sys.modules["modeling"] = sys.modules["tokenization"] = None  # this project is not importable
+import torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained("someone/music-{family}", trust_remote_code=True).eval()
+assert "transformers_modules" in type(model).__module__, type(model).__module__
+with torch.no_grad():
+    print(model(torch.tensor({ids.tolist()})).logits.sum().item())
+    print(model.generate(torch.tensor({ids.tolist()}), max_new_tokens=5, do_sample=False).shape[1])
+"""
+    result = run(
+        code, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"), HF_MODULES_CACHE=str(tmp_path / "modules")
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    logits_sum, length = result.stdout.split()
+    assert abs(float(logits_sum) - expected) < 1e-3 and int(length) == 17
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "base"])
+def test_presets_match_in_parameter_count(size):
+    counts = {}
+    for family in FAMILIES:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(build_config(family, size, Ids()))
+        counts[family] = sum(p.numel() for p in model.parameters())
+    assert max(counts.values()) / min(counts.values()) <= 1.1, counts
+    expected = {"tiny": (1e5, 1e6), "small": (8e6, 12e6), "base": (80e6, 120e6)}[size]
+    assert all(expected[0] <= n <= expected[1] for n in counts.values()), counts
+
+
+def test_transformer_is_plain_gpt2_without_dropout():
+    model = tiny("transformer")
+    assert type(model) is GPT2LMHeadModel
+    assert model.config.attn_pdrop == model.config.resid_pdrop == model.config.embd_pdrop == 0.0
+
+
+def test_bad_family_or_preset_names_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown model family 'rnn': choose one of transformer, mamba"):
+        build_config("rnn", "tiny", Ids())
+    with pytest.raises(ValueError, match="unknown preset 'huge' for mamba: choose one of tiny, small, base"):
+        build_config("mamba", "huge", Ids())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for the fast kernels")
+def test_mamba_kernels_agree_with_the_pytorch_scan():
+    from modeling import modeling_music_mamba
+
+    if modeling_music_mamba.mamba_chunk_scan_combined is None:
+        pytest.skip("mamba_ssm is not installed (pip install -e '.[cuda]')")
+    model = tiny("mamba").cuda()
+    ids = torch.randint(0, 96, (2, 100), device="cuda")
+    with torch.no_grad():
+        fast = model(ids, use_cache=False).logits
+        kernel, modeling_music_mamba.mamba_chunk_scan_combined = modeling_music_mamba.mamba_chunk_scan_combined, None
+        try:
+            reference = model(ids, use_cache=False).logits
+        finally:
+            modeling_music_mamba.mamba_chunk_scan_combined = kernel
+    assert (fast - reference).abs().max() <= 1e-3
+    assert modeling.MusicMambaForCausalLM is type(model)
