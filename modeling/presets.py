@@ -3,7 +3,8 @@
 At each size the three families share `n_embd` (so embeddings match) and their blocks are
 sized to the same parameter count within 10 %: a Mamba-2 block has about half the
 parameters of a GPT-2 block, hence twice the layers. `base` is the original study's
-scale (about 100M parameters), `small` about 10M (CPU), `tiny` is for tests.
+scale (about 100M parameters), `small` about 10M (CPU), `tiny` is for tests. The xLSTM
+keeps the original study's sLSTM positions (1, 4, 7, 10) and adds mLSTM blocks to match.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Protocol
 from transformers import GPT2Config, PreTrainedConfig
 
 from .configuration_music_mamba import MusicMambaConfig
+from .configuration_music_xlstm import MusicXLSTMConfig
 
 PRESETS: dict[str, dict[str, dict]] = {
     "transformer": {
@@ -25,9 +27,25 @@ PRESETS: dict[str, dict[str, dict]] = {
         "small": {"n_embd": 256, "n_layer": 24, "d_state": 64, "headdim": 32, "chunk_size": 64},
         "base": {"n_embd": 768, "n_layer": 24, "d_state": 128, "headdim": 64, "chunk_size": 128},
     },
+    "xlstm": {
+        "tiny": {
+            "n_embd": 64,
+            "n_layer": 3,
+            "num_heads": 4,
+            "slstm_at": [1],
+            "chunk_size": 16,
+            "mlstm_proj_factor": 2.0,
+        },
+        "small": {"n_embd": 256, "n_layer": 14, "num_heads": 4, "slstm_at": [1, 4, 7, 10], "chunk_size": 64},
+        "base": {"n_embd": 768, "n_layer": 14, "num_heads": 4, "slstm_at": [1, 4, 7, 10], "chunk_size": 64},
+    },
 }
 FAMILIES = tuple(PRESETS)
-CONFIG_CLASSES: dict[str, type[PreTrainedConfig]] = {"transformer": GPT2Config, "mamba": MusicMambaConfig}
+CONFIG_CLASSES: dict[str, type[PreTrainedConfig]] = {
+    "transformer": GPT2Config,
+    "mamba": MusicMambaConfig,
+    "xlstm": MusicXLSTMConfig,
+}
 # GPT-2's default dropout (0.1 on attention) turns off PyTorch's fused attention on CPU:
 # 4x slower and 2.4x the memory. The recurrent families have none either.
 GPT2_DEFAULTS = {"attn_pdrop": 0.0, "resid_pdrop": 0.0, "embd_pdrop": 0.0}
