@@ -31,10 +31,11 @@ PRESETS: dict[str, dict[str, dict]] = {
         "tiny": {
             "n_embd": 64,
             "n_layer": 3,
-            "num_heads": 4,
+            "num_heads": 2,  # mLSTM key width 16: the Triton kernels need at least 16
             "slstm_at": [1],
             "chunk_size": 16,
             "mlstm_proj_factor": 2.0,
+            "slstm_proj_factor": 1.0,
         },
         "small": {"n_embd": 256, "n_layer": 14, "num_heads": 4, "slstm_at": [1, 4, 7, 10], "chunk_size": 64},
         "base": {"n_embd": 768, "n_layer": 14, "num_heads": 4, "slstm_at": [1, 4, 7, 10], "chunk_size": 64},

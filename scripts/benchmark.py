@@ -2,9 +2,22 @@
 
     python scripts/benchmark.py data --source ../shared/data/midi-classical-music --json outputs/bench_data.json
 
+    python scripts/benchmark.py models --json outputs/bench_models.json
+    python scripts/benchmark.py models --device cuda --precision bf16 --json outputs/bench_models_gpu.json
+
 `data`: tokenization and packing throughput of `TokenBlockStream` through a DataLoader
 with 0 (in the main process), 1 and 2 workers, beside miditok's own `DatasetMIDI` read in
 one process, on the same files and tokenizer.
+
+`models`: per family at one preset, training tokens/s (forward + backward, batch 1) at
+several lengths, and generation ms/token and memory after a prefill of several context
+lengths, beside transformers' own `Mamba2ForCausalLM` and `xLSTMForCausalLM` at matched
+sizes; JSON plus a PNG plot. GPT-2 gets `n_positions` large enough for the longest
+context. Memory is the size of the cache, and the peak of allocated (CUDA) or resident
+(CPU) memory above the level before the prefill.
+
+Each benchmark imports only what it measures, so `models` runs where the data libraries
+are not installed (a bare GPU machine).
 """
 
 from __future__ import annotations
@@ -13,16 +26,24 @@ import json
 import os
 import platform
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
+import psutil
 import torch
-from miditok.pytorch_data import DatasetMIDI
-from transformers import HfArgumentParser
+from transformers import (
+    AutoModelForCausalLM,
+    HfArgumentParser,
+    Mamba2Config,
+    Mamba2ForCausalLM,
+    xLSTMConfig,
+    xLSTMForCausalLM,
+)
 
-from tokenization import BlockCollator, MusicTokenizer, TokenBlockStream, list_midi_files, load_source
+from modeling import FAMILIES, build_config
 
 
 @dataclass
@@ -43,7 +64,9 @@ class DataArguments:
     )
 
 
-def time_stream(args: DataArguments, tokenizer: MusicTokenizer, num_workers: int) -> dict:
+def time_stream(args: DataArguments, tokenizer, num_workers: int) -> dict:
+    from tokenization import BlockCollator, TokenBlockStream, load_source
+
     stream = TokenBlockStream(load_source(args.source, max_files=args.max_files), tokenizer, args.block_size)
     loader = torch.utils.data.DataLoader(
         stream,
@@ -60,7 +83,11 @@ def time_stream(args: DataArguments, tokenizer: MusicTokenizer, num_workers: int
     return {"num_workers": num_workers, "seconds": time.perf_counter() - start, "files": files, "tokens": tokens}
 
 
-def time_miditok(args: DataArguments, tokenizer: MusicTokenizer) -> dict:
+def time_miditok(args: DataArguments, tokenizer) -> dict:
+    from miditok.pytorch_data import DatasetMIDI
+
+    from tokenization import list_midi_files
+
     paths = [Path(f.url) for f in list_midi_files(args.source, max_files=args.max_files)]
     dataset = DatasetMIDI(
         paths,
@@ -83,6 +110,8 @@ def with_rates(result: dict) -> dict:
 
 
 def benchmark_data(args: DataArguments) -> dict:
+    from tokenization import MusicTokenizer
+
     tokenizer = MusicTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else MusicTokenizer()
     miditok_result = with_rates(time_miditok(args, tokenizer))
     print(f"miditok DatasetMIDI, 1 process: {miditok_result['files_per_s']:.1f} files/s")
@@ -107,8 +136,239 @@ def benchmark_data(args: DataArguments) -> dict:
     }
 
 
+@dataclass
+class ModelArguments:
+    json: str = field(default="outputs/bench_models.json", metadata={"help": "Where to write the results (and .png)."})
+    preset: str = "small"
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    references: bool = field(default=True, metadata={"help": "Also time transformers' Mamba2 and xLSTM."})
+    device: str = "cpu"
+    precision: str = field(
+        default="fp32", metadata={"help": "fp32, or bf16 (autocast, as accelerate's mixed precision)."}
+    )
+    threads: int = field(default=2, metadata={"help": "torch threads (CPU)."})
+    vocab_size: int = 1024
+    train_lengths: list[int] = field(default_factory=lambda: [1024, 4096])
+    contexts: list[int] = field(default_factory=lambda: [256, 1024, 4096, 16384])
+    new_tokens: int = field(default=32, metadata={"help": "Tokens generated after each prefill."})
+
+
+class Vocabulary:
+    """Token ids for `build_config` without a tokenizer."""
+
+    bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def reference_models(preset: str, vocab_size: int) -> dict:
+    """transformers' own Mamba-2 and xLSTM at the sizes of our `small` / `base` presets."""
+    width = {"small": 256, "base": 768}.get(preset)
+    if width is None:
+        return {}
+    mamba = Mamba2Config(
+        vocab_size=vocab_size, hidden_size=width, num_hidden_layers=24, state_size=64 if width == 256 else 128,
+        head_dim=32 if width == 256 else 64, num_heads=16 if width == 256 else 24, n_groups=1, expand=2,
+        chunk_size=64 if width == 256 else 128, tie_word_embeddings=True,
+    )  # fmt: skip
+    xlstm = xLSTMConfig(
+        vocab_size=vocab_size, hidden_size=width, num_blocks=12, num_heads=4, chunk_size=64, tie_word_embeddings=True
+    )
+    return {"transformers_mamba2": (Mamba2ForCausalLM, mamba), "transformers_xlstm": (xLSTMForCausalLM, xlstm)}
+
+
+class PeakMemory:
+    """Peak memory above the level at entry: CUDA allocator statistics, or sampled RSS on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            self.process = psutil.Process()
+            self.base = self.peak = self.process.memory_info().rss
+            self.running = True
+            self.sampler = threading.Thread(target=self._sample, daemon=True)
+            self.sampler.start()
+        return self
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+        else:
+            self.running = False
+            self.sampler.join()
+        self.bytes = self.peak - self.base
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_training(model, length: int, vocab_size: int, device: torch.device, reps: int = 2) -> float:
+    """Tokens per second of forward + backward on one sequence of `length` tokens."""
+    ids = torch.randint(3, vocab_size, (1, length), device=device)
+    model.train()
+    model(ids, labels=ids, use_cache=False).loss.backward()  # warm-up (kernel compilation, allocator)
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        model.zero_grad(set_to_none=True)
+        model(ids, labels=ids, use_cache=False).loss.backward()
+    synchronize(device)
+    model.zero_grad(set_to_none=True)
+    return length * reps / (time.perf_counter() - start)
+
+
+def cache_bytes(cache) -> int:
+    """Bytes held by any cache object: the tensors reachable from its attributes."""
+    seen, total, stack = set(), 0, [cache]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            if item.data_ptr() not in seen:
+                seen.add(item.data_ptr())
+                total += item.numel() * item.element_size()
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif hasattr(item, "__dict__"):
+            stack.extend(vars(item).values())
+    return total
+
+
+@torch.no_grad()
+def time_generation(model, context: int, new_tokens: int, vocab_size: int, device: torch.device) -> dict:
+    """Prefill `context` tokens, then `new_tokens` single-token steps through the cache."""
+    model.eval()
+    ids = torch.randint(3, vocab_size, (1, context), device=device)
+    with PeakMemory(device) as memory:
+        start = time.perf_counter()
+        out = model(ids, use_cache=True)
+        synchronize(device)
+        prefill = time.perf_counter() - start
+        step = out.logits[:, -1:].argmax(-1)
+        start = time.perf_counter()
+        for _ in range(new_tokens):
+            out = model(step, cache=out.cache, use_cache=True)
+            step = out.logits[:, -1:].argmax(-1)
+        synchronize(device)
+        stepping = time.perf_counter() - start
+    return {
+        "context": context,
+        "prefill_s": prefill,
+        "ms_per_token": 1000 * stepping / new_tokens,
+        "cache_bytes": cache_bytes(out.cache),
+        "peak_memory_bytes": memory.bytes,
+    }
+
+
+def measure(name: str, model, args: ModelArguments, device: torch.device) -> dict:
+    result = {
+        "model": name,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "training": [],
+        "generation": [],
+    }
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+        for length in args.train_lengths:
+            tokens_per_s = time_training(model, length, args.vocab_size, device)
+            result["training"].append({"length": length, "tokens_per_s": tokens_per_s})
+            print(f"{name}: train {length} tokens: {tokens_per_s:.0f} tokens/s", flush=True)
+        for context in args.contexts:
+            row = time_generation(model, context, args.new_tokens, args.vocab_size, device)
+            result["generation"].append(row)
+            cache_mib = row["cache_bytes"] / 2**20
+            print(
+                f"{name}: context {context}: {row['ms_per_token']:.1f} ms/token, cache {cache_mib:.1f} MiB", flush=True
+            )
+    return result
+
+
+def plot_models(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (train, generate, memory) = plt.subplots(1, 3, figsize=(15, 4.5))
+    for result in results:
+        train.plot([r["length"] for r in result["training"]], [r["tokens_per_s"] for r in result["training"]], "o-")
+        contexts = [r["context"] for r in result["generation"]]
+        generate.plot(contexts, [r["ms_per_token"] for r in result["generation"]], "o-", label=result["model"])
+        memory.plot(contexts, [r["cache_bytes"] / 2**20 for r in result["generation"]], "o-")
+    for axis, title in zip(
+        (train, generate, memory),
+        ("training tokens/s (fwd+bwd)", "generation ms/token", "cache MiB"),
+        strict=True,
+    ):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("tokens" if axis is train else "context tokens")
+        axis.set_title(title)
+    memory.set_yscale("log")
+    generate.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def benchmark_models(args: ModelArguments) -> dict:
+    if args.precision not in ("fp32", "bf16"):
+        raise ValueError(f"unknown precision {args.precision!r}: use fp32 or bf16")
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    candidates = {}
+    for family in args.families:
+        longest = max(*args.train_lengths, max(args.contexts) + args.new_tokens)
+        extra = {"n_positions": longest} if family == "transformer" else {}
+        config = build_config(family, args.preset, Vocabulary(args.vocab_size), **extra)
+        candidates[f"{family}_{args.preset}"] = (AutoModelForCausalLM.from_config, config)
+    if args.references:
+        candidates |= {
+            name: (cls, config) for name, (cls, config) in reference_models(args.preset, args.vocab_size).items()
+        }
+    results = []
+    for name, (make, config) in candidates.items():
+        torch.manual_seed(0)
+        try:
+            results.append(measure(name, make(config).to(device), args, device))
+        except Exception as error:  # a reference without its kernels must not cost the other figures
+            print(f"{name}: failed: {type(error).__name__}: {error}", flush=True)
+            results.append(
+                {"model": name, "error": f"{type(error).__name__}: {error}", "training": [], "generation": []}
+            )
+    output = {
+        "benchmark": "models",
+        "arguments": asdict(args),
+        "machine": {
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "versions": {name: version(name) for name in ("torch", "transformers", "xlstm", "mlstm_kernels")},
+        "results": results,
+    }
+    plot_models(results, Path(args.json).with_suffix(".png"))
+    return output
+
+
 def main() -> None:
-    benchmarks = {"data": (DataArguments, benchmark_data)}
+    benchmarks = {"data": (DataArguments, benchmark_data), "models": (ModelArguments, benchmark_models)}
     if len(sys.argv) < 2 or sys.argv[1] not in benchmarks:
         sys.exit(f"usage: benchmark.py {{{'|'.join(benchmarks)}}} [--option value ...]")
     arguments_class, run = benchmarks[sys.argv[1]]
