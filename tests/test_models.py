@@ -165,3 +165,18 @@ def test_cuda_kernels_agree_with_the_pytorch_path(family):
         generated = model.generate(ids[:, :10].cuda(), max_new_tokens=20, do_sample=False, eos_token_id=None)
     assert (fast - reference).abs().max() <= 1e-2 * reference.abs().max()
     assert generated.shape == (2, 30)
+
+
+def test_mamba_parameters_are_named_and_shaped_as_in_mamba_ssm():
+    """Weights move between this model and mamba_ssm's Mamba2 / MambaLMHeadModel."""
+    try:
+        from mamba_ssm.modules.mamba2 import Mamba2
+    except ImportError:
+        pytest.skip("mamba_ssm is not installed (the [cuda] extra)")
+    config = build_config("mamba", "tiny", Ids())
+    ours = tiny("mamba").backbone.layers[0].mixer
+    theirs = Mamba2(
+        d_model=config.n_embd, d_state=config.d_state, d_conv=config.d_conv, expand=config.expand,
+        headdim=config.headdim, ngroups=config.ngroups, chunk_size=config.chunk_size,
+    )  # fmt: skip
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
