@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +30,34 @@ def test_build_tokenizer_prints_the_corpus_table(tmp_path):
     assert lines[-1] == "skipped 1 files: 1 unreadable"
     tokenizer = MusicTokenizer.from_pretrained(tmp_path)
     assert tokenizer.base_vocab_size == 700 and "rimsky-korsakov" in tokenizer.composers
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_benchmarks_write_their_json(tmp_path):
+    """The benchmark scripts run end to end (their figures are recorded, not asserted)."""
+    models = tmp_path / "models.json"
+    result = run_script(
+        "scripts/benchmark.py", "models", "--preset", "tiny", "--references", "false", "--train_lengths", "32",
+        "--contexts", "16", "64", "--new_tokens", "2", "--json", str(models),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads(models.read_text())["results"]
+    assert [r["model"] for r in results] == ["transformer_tiny", "mamba_tiny", "xlstm_tiny"]
+    recurrent = [r for r in results if r["model"] != "transformer_tiny"]
+    assert all(r["generation"][0]["cache_bytes"] == r["generation"][1]["cache_bytes"] > 0 for r in recurrent)
+    assert results[0]["generation"][1]["cache_bytes"] > results[0]["generation"][0]["cache_bytes"]
+    assert models.with_suffix(".png").stat().st_size > 0
+
+    data = tmp_path / "data.json"
+    result = run_script("scripts/benchmark.py", "data", "--max_files", "4", "--workers", "0", "--json", str(data))
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(data.read_text())
+    assert report["token_block_stream"][0]["files"] == report["miditok_datasetmidi"]["files"] == 4
+
+
+def test_benchmark_names_its_subcommands():
+    result = run_script("scripts/benchmark.py", "speed")
+    assert result.returncode != 0 and "usage: benchmark.py {data|models}" in result.stderr
