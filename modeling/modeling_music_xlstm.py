@@ -46,6 +46,13 @@ KERNELS = {
 }
 
 State = tuple[torch.Tensor, ...]
+# Linear layers of an mLSTM block by name suffix, for `_init_weights`; the rest are "projection".
+INIT_ROLES = (
+    ("fgate_preact", "forget_gate"),
+    ("igate_preact", "input_gate"),
+    ("out_proj", "residual"),
+    ("proj_down", "residual"),
+)
 
 
 class MusicXLSTMCache:
@@ -86,6 +93,9 @@ class MusicXLSTMMLSTMBlock(nn.Module):
         )
         self.block = mLSTMBlock(self.large_config)
         self._backends = {"cpu": self.block.mlstm_layer.mlstm_backend}  # a plain dict: no parameters inside
+        for name, module in self.block.named_modules():  # `_init_weights` sees leaf modules only
+            if isinstance(module, nn.Linear):
+                module.init_role = next((role for suffix, role in INIT_ROLES if name.endswith(suffix)), "projection")
 
     def _backend(self, device_type: str) -> mLSTMBackend:
         if device_type not in self._backends:
@@ -163,18 +173,17 @@ class MusicXLSTMPreTrainedModel(PreTrainedModel):
         std = self.config.initializer_range
         if isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, MusicXLSTMMLSTMBlock):
-            for name, param in module.named_parameters():
-                if name.endswith("fgate_preact.bias"):
-                    init.copy_(param, torch.linspace(3.0, 6.0, param.numel()))
-                elif name.endswith("igate_preact.bias"):
-                    init.constant_(param, -10.0)
-                elif name.endswith(("out_proj.weight", "proj_down.weight")):
-                    init.normal_(param, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
-                elif param.dim() == 2:
-                    init.normal_(param, mean=0.0, std=std)
-                elif name.endswith(".bias"):
-                    init.zeros_(param)
+        elif isinstance(module, nn.Linear) and hasattr(module, "init_role"):
+            residual = module.init_role == "residual"
+            init.normal_(module.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer) if residual else std)
+            if module.bias is None:
+                return
+            if module.init_role == "forget_gate":
+                init.copy_(module.bias, torch.linspace(3.0, 6.0, module.bias.numel()))
+            elif module.init_role == "input_gate":
+                init.constant_(module.bias, -10.0)
+            else:
+                init.zeros_(module.bias)
 
 
 class MusicXLSTMModel(MusicXLSTMPreTrainedModel):

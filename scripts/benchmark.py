@@ -373,8 +373,8 @@ def main() -> None:
         sys.exit(f"usage: benchmark.py {{{'|'.join(benchmarks)}}} [--option value ...]")
     arguments_class, run = benchmarks[sys.argv[1]]
     (args,) = HfArgumentParser(arguments_class).parse_args_into_dataclasses(args=sys.argv[2:])
-    results = run(args)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    results = run(args)
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     print(f"results written to {args.json}")
 

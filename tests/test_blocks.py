@@ -100,3 +100,20 @@ def test_resume_is_exact(tokenizer, num_workers):
     resumed += [b["input_ids"] for b in itertools.islice(second, 19)]
     assert all(torch.equal(a, b) for a, b in zip(reference, resumed, strict=True))
     assert not torch.equal(reference[11], reference[12])
+
+
+def test_state_loads_with_weights_only_as_accelerate_does(tokenizer, tmp_path):
+    stream = TokenBlockStream(load_source("bundled", split="validation"), tokenizer, 256, shuffle_buffer=4, loop=True)
+    first = iter(stream)
+    next(first)
+    torch.save(stream.state_dict(), tmp_path / "state.bin")
+    resumed = TokenBlockStream(load_source("bundled", split="validation"), tokenizer, 256, shuffle_buffer=4, loop=True)
+    resumed.load_state_dict(torch.load(tmp_path / "state.bin", weights_only=True))
+    assert next(iter(resumed)) == next(first)
+
+
+def test_a_share_without_usable_files_fails_instead_of_spinning(tokenizer, bad_midis):
+    rows = [{"midi": m, "composer": "bach", "path": f"{kind}.mid"} for kind, m in bad_midis.items()]
+    stream = TokenBlockStream(rows_source(rows), tokenizer, 256, loop=True)
+    with pytest.raises(ValueError, match="no usable MIDI in this rank's or worker's files .*skipped 4 files"):
+        next(iter(stream))

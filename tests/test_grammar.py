@@ -1,8 +1,9 @@
+import miditok
 import pytest
 import torch
 from transformers import LogitsProcessorList
 
-from tokenization import InvalidMidiError, MusicGrammar, MusicGrammarLogitsProcessor, list_midi_files
+from tokenization import InvalidMidiError, MusicGrammar, MusicGrammarLogitsProcessor, MusicTokenizer, list_midi_files
 
 
 @pytest.fixture(scope="module", params=["plain", "bpe"])
@@ -22,6 +23,12 @@ def test_grammar_accepts_every_real_piece(any_tokenizer):
         accepted += 1
     assert accepted > 10
     assert not grammar.accepts([any_tokenizer.bos_token_id, any_tokenizer.eos_token_id])
+
+
+def test_a_tokenizer_with_a_mask_token_gets_a_grammar():
+    base = miditok.REMI(miditok.TokenizerConfig(special_tokens=["PAD", "BOS", "EOS", "MASK"]))
+    grammar = MusicGrammar(MusicTokenizer(base, composers=["bach"]))
+    assert not grammar.allowed[:, base.vocab["MASK_None"]].any()
 
 
 def sample(tokenizer, steps: int, batch: int, seed: int) -> torch.Tensor:

@@ -180,3 +180,11 @@ def test_mamba_parameters_are_named_and_shaped_as_in_mamba_ssm():
         headdim=config.headdim, ngroups=config.ngroups, chunk_size=config.chunk_size,
     )  # fmt: skip
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+
+
+def test_xlstm_gates_start_with_forget_gates_open_and_input_gates_shut():
+    model = tiny("xlstm")
+    layer = model.backbone.blocks[0].block.mlstm_layer
+    assert layer.fgate_preact.bias.min() >= 3.0 and layer.fgate_preact.bias.max() <= 6.0
+    assert torch.all(layer.igate_preact.bias == -10.0)
+    assert abs(layer.q.weight.std().item() - 0.02) < 0.005

@@ -93,4 +93,16 @@ def test_hub_layout_copy_of_the_classical_dataset(shared_data):
 def test_real_lakh_sample(shared_data):
     files = list_midi_files(str(shared_data / "lakh-clean-sample"))
     assert files and not any(re.search(r"\.\d+$", Path(f.path).stem) for f in files)
-    assert "jackson_michael" in {f.composer for f in list_midi_files(str(shared_data / "lakh-clean-sample"), True)}
+    assert "jackson_michael" in {
+        f.composer for f in list_midi_files(str(shared_data / "lakh-clean-sample"), include_versions=True)
+    }
+
+
+def test_the_data_folder_of_the_classical_layout_keeps_labels_and_splits():
+    files = list_midi_files(str(BUNDLED["bundled"] / "data"))
+    assert files == list_midi_files("bundled")
+
+
+def test_a_sample_spans_the_splits():
+    sample = list_midi_files("bundled", max_files=30)
+    assert len(sample) == 30 and len({split_of(f.path) for f in sample}) == 3

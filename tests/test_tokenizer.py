@@ -155,3 +155,12 @@ def test_push_to_hub_uploads_both_files(tokenizer, monkeypatch):
 def test_round_trip_on_real_classical_files(tokenizer, shared_data):
     kept, total = notes_kept(tokenizer, list_midi_files(str(shared_data / "midi-classical-music"), max_files=40))
     assert kept / total >= 0.99
+
+
+def test_mistyped_folder_is_not_sent_to_the_hub(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no tokenizer folder .*not a Hub repo id"):
+        MusicTokenizer.from_pretrained(tmp_path / "typo")
+
+
+def test_decoding_nothing_gives_an_empty_score(tokenizer):
+    assert tokenizer.decode([tokenizer.bos_token_id, tokenizer.composer_token_id("bach")]).note_num() == 0

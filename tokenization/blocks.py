@@ -30,8 +30,10 @@ from .tokenizer import InvalidMidiError, MusicTokenizer, load_score
 logger = logging.getLogger(__name__)
 
 
-def encode_example(tokenizer: MusicTokenizer, example: dict, skipped: Counter, composer: str | None = None):
-    """(score, ids) of a source row, or None after counting why it was skipped.
+def encode_example(
+    tokenizer: MusicTokenizer, example: dict, skipped: Counter, composer: str | None = None, log: bool = True
+):
+    """(score, ids) of a source row, or None after counting (and logging) why it was skipped.
 
     `composer` overrides the row's label (condition dropout); a label the tokenizer has
     no token for is encoded as `Unknown`.
@@ -47,7 +49,8 @@ def encode_example(tokenizer: MusicTokenizer, example: dict, skipped: Counter, c
     else:
         return score, ids
     skipped[reason] += 1
-    logger.warning("skipped %s (%s)", example["path"], detail)
+    if log:
+        logger.warning("skipped %s (%s)", example["path"], detail)
     return None
 
 
@@ -62,9 +65,10 @@ def skip_summary(skipped: Counter) -> str:
 class TokenBlockStream(torch.utils.data.IterableDataset):
     """Packed token blocks of a MIDI source, as `{"input_ids": list[int]}` rows.
 
-    `loop=True` repeats the source forever (training; the epoch reshuffles the file
-    order); `loop=False` reads it once and ends with a shorter last block (evaluation).
-    `shuffle_buffer=0` keeps the stream in file order.
+    `loop=True` repeats the source forever (training); `loop=False` reads it once and
+    ends with a shorter last block (evaluation). `shuffle_buffer > 0` shuffles the file
+    order at every epoch and the blocks through a buffer of that many; 0 keeps file
+    order. Unusable files are counted at every pass and logged at the first.
     """
 
     def __init__(
@@ -98,7 +102,15 @@ class TokenBlockStream(torch.utils.data.IterableDataset):
     def _fresh_state(self, epoch: int) -> dict:
         worker = torch.utils.data.get_worker_info()
         rng = random.Random(f"{self.seed}-{epoch}-{worker.id if worker else 0}")
-        return {"epoch": epoch, "source": None, "carry": [], "buffer": [], "rng": rng, "skipped": Counter()}
+        return {
+            "epoch": epoch,
+            "source": None,
+            "pieces": 0,
+            "carry": [],
+            "buffer": [],
+            "rng": rng,
+            "skipped": Counter(),
+        }
 
     @property
     def skipped(self) -> Counter:
@@ -106,10 +118,14 @@ class TokenBlockStream(torch.utils.data.IterableDataset):
         return self._state["skipped"]
 
     def state_dict(self) -> dict:
-        return copy.deepcopy(self._state)
+        """Plain Python values only (the random state as a tuple), so that checkpoints load
+        with `torch.load(weights_only=True)` as accelerate does."""
+        return copy.deepcopy({**self._state, "rng": self._state["rng"].getstate()})
 
     def load_state_dict(self, state: dict) -> None:
-        self._state = copy.deepcopy(state)
+        rng = random.Random()
+        rng.setstate(state["rng"])
+        self._state = copy.deepcopy({**state, "rng": None}) | {"rng": rng}
 
     def __iter__(self) -> Iterator[dict]:
         state = self._state
@@ -117,7 +133,8 @@ class TokenBlockStream(torch.utils.data.IterableDataset):
             state = self._state = self._fresh_state(state["epoch"]) | {"skipped": state["skipped"]}
         yield from self._cut(state)  # a resumed stream first finishes the piece it was in
         while True:
-            self.source.set_epoch(state["epoch"])
+            if self.shuffle_buffer:
+                self.source.set_epoch(state["epoch"])
             if state["source"] is not None:
                 self.source.load_state_dict(state["source"])
             for example in self.source:
@@ -125,21 +142,26 @@ class TokenBlockStream(torch.utils.data.IterableDataset):
                 yield from self._add_piece(example, state)
             if not self.loop:
                 break
-            state["epoch"] += 1
-            state["source"] = None
+            if not state["pieces"]:
+                raise ValueError(
+                    f"no usable MIDI in this rank's or worker's files ({skip_summary(state['skipped'])}): "
+                    "use fewer ranks or DataLoader workers than files, or check the source"
+                )
+            state.update(epoch=state["epoch"] + 1, source=None, pieces=0)
         while state["buffer"]:
             yield self._pop(state)
-        if state["carry"]:
-            block, state["carry"] = state["carry"], []
-            yield {"input_ids": block}
+        if len(state["carry"]) >= 2:  # a single token would be a block without a target
+            yield {"input_ids": state["carry"]}
+        state["carry"] = []
         self._state = self._fresh_state(epoch=0) | {"skipped": state["skipped"]}
 
     def _add_piece(self, example: dict, state: dict) -> Iterator[dict]:
         dropped = self.condition_dropout and state["rng"].random() < self.condition_dropout
         composer = UNKNOWN if dropped else None
-        encoded = encode_example(self.tokenizer, example, state["skipped"], composer)
+        encoded = encode_example(self.tokenizer, example, state["skipped"], composer, log=state["epoch"] == 0)
         if encoded is None:
             return
+        state["pieces"] += 1
         state["carry"].extend(encoded[1])
         yield from self._cut(state)
 

@@ -40,7 +40,7 @@ class MusicGrammar:
         music_types = sorted(t for t in graph if t not in FRAME_TYPES)
         if MUSIC_START not in music_types:
             raise ValueError(f"the tokenizer has no {MUSIC_START} tokens: the grammar needs REMI-style bars")
-        states = [*music_types, "PAD", "BOS", "EOS", CONDITION, VOID]
+        states = [*music_types, *FRAME_TYPES, CONDITION, VOID]
         index = {name: i for i, name in enumerate(states)}
         first = []  # state of each id's first REMI token, and of its last one
         last = []
@@ -55,6 +55,7 @@ class MusicGrammar:
         successors.update(
             {"PAD": {"PAD"}, "BOS": {CONDITION}, "EOS": {"BOS", "PAD"}, CONDITION: {MUSIC_START}, VOID: {"EOS"}}
         )
+        successors["MASK"] = {"EOS"}  # never generated; after one given in a prompt, only the end
         first_state = torch.tensor(first)
         self.states = states
         self.state_of = torch.tensor(last)

@@ -97,7 +97,7 @@ def _composer(layout: str, path: str) -> str:
 
 
 def list_midi_files(
-    uri: str, split: str | None = None, include_versions: bool = False, max_files: int | None = None
+    uri: str, split: str | None = None, *, include_versions: bool = False, max_files: int | None = None
 ) -> list[MidiFile]:
     """The MIDI files of a source (see `load_source` for the arguments), sorted by path."""
     if split is not None and split not in SPLITS:
@@ -112,6 +112,9 @@ def list_midi_files(
         )
     if fs.isdir(f"{root}/clean_midi"):  # the Lakh archive's top folder
         root = f"{root}/clean_midi"
+    parent = root.rsplit("/", 1)[0]
+    if root.endswith("/data") and fs.exists(f"{parent}/metadata.csv"):  # the classical dataset's data/ folder
+        root = parent  # paths stay `data/...`: same labels and splits as the dataset's root
     found = sorted(p for p in fs.find(root) if p.lower().endswith(MIDI_SUFFIXES))
     relative = [p[len(root) + 1 :] for p in found]
     layout = layout or _detect_layout(fs, root, relative)
@@ -122,8 +125,9 @@ def list_midi_files(
         files = [f for f in files if not _VERSION.search(Path(f.path).stem)]
     if split is not None:
         files = [f for f in files if split_of(f.path) == split]
-    if max_files is not None:
-        files = sorted(sorted(files, key=lambda f: path_hash(f.path))[:max_files], key=lambda f: f.path)
+    if max_files is not None:  # a salted hash: the lowest plain hashes would all be training files
+        files = sorted(files, key=lambda f: path_hash("sample:" + f.path))[:max_files]
+        files.sort(key=lambda f: f.path)
     return files
 
 
@@ -150,7 +154,7 @@ def load_source(
     quick runs. Each file is one shard, so ranks and DataLoader workers read different
     files.
     """
-    files = list_midi_files(uri, split, include_versions, max_files)
+    files = list_midi_files(uri, split, include_versions=include_versions, max_files=max_files)
     if not files:
         raise ValueError(f"no MIDI files in {uri!r}" + (f" for split {split!r}" if split else ""))
     columns = {

@@ -176,7 +176,7 @@ class MusicTokenizer:
         skip = {self.pad_token_id, self.bos_token_id, self.eos_token_id}
         base_size = self.base_vocab_size  # len(miditok) rebuilds a dict: once, not per id
         music = [int(i) for i in ids if int(i) < base_size and int(i) not in skip]
-        return self.base.decode(music)
+        return self.base.decode(music) if music else symusic.Score(self.base.time_division)
 
     def train_bpe(self, vocab_size: int, midis: Iterable[MidiInput]) -> None:
         """Learn BPE merges with miditok's trainer on the given pieces.
@@ -220,6 +220,10 @@ class MusicTokenizer:
         """Load from a folder, or from a Hub repo id (through the Hugging Face cache)."""
         folder = Path(name_or_path)
         if not folder.is_dir():
+            if folder.is_absolute() or str(name_or_path).startswith((".", "~")) or str(name_or_path).count("/") != 1:
+                raise FileNotFoundError(
+                    f"no tokenizer folder {name_or_path}, and it is not a Hub repo id (owner/name)"
+                )
             folder = Path(
                 snapshot_download(
                     str(name_or_path), revision=revision, allow_patterns=[BASE_FILE, CONDITIONS_FILE], **hub_kwargs
