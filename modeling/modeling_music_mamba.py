@@ -141,9 +141,16 @@ class MusicMambaMixer(nn.Module):
         self.norm = MusicMambaGatedRMSNorm(self.d_inner, self.d_inner // self.ngroups, config.layer_norm_epsilon)
         self.out_proj = nn.Linear(self.d_inner, config.n_embd, bias=False)
 
-    def forward(self, hidden_states: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, cache: Cache | None = None, padding: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`padding` (`[b, l]`, True on pad tokens) makes those steps no-ops: zero conv
+        input and dt = 0, so the state neither decays nor takes input there."""
         batch, length, _ = hidden_states.shape
         gate, xBC, dt = self.in_proj(hidden_states).split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
+        if padding is not None:
+            xBC = xBC.masked_fill(padding[..., None], 0.0)
+            dt = dt.masked_fill(padding[..., None], -1e4)  # softplus(-1e4) == 0 in any float type
         xBC = F.silu(self._conv(xBC, cache))
         x, B, C = xBC.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         x = x.reshape(batch, length, self.nheads, self.headdim)
@@ -208,8 +215,10 @@ class MusicMambaBlock(nn.Module):
         self.norm = MusicMambaRMSNorm(config.n_embd, config.layer_norm_epsilon)
         self.mixer = MusicMambaMixer(config, layer_idx)
 
-    def forward(self, hidden_states: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        return hidden_states + self.mixer(self.norm(hidden_states), cache)
+    def forward(
+        self, hidden_states: torch.Tensor, cache: Cache | None = None, padding: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return hidden_states + self.mixer(self.norm(hidden_states), cache, padding)
 
 
 @dataclass
@@ -270,11 +279,19 @@ class MusicMambaModel(MusicMambaPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         cache: Cache | None = None,
         output_hidden_states: bool = False,
+        attention_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
         hidden_states = self.embedding(input_ids) if inputs_embeds is None else inputs_embeds
+        padding = None  # a mask covering these tokens (not the cached ones) with zeros in it
+        if (
+            attention_mask is not None
+            and attention_mask.shape[1] == hidden_states.shape[1]
+            and not attention_mask.all()
+        ):
+            padding = attention_mask == 0
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         for layer in self.layers:
-            hidden_states = layer(hidden_states, cache)
+            hidden_states = layer(hidden_states, cache, padding)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
         return self.norm_f(hidden_states), all_hidden_states
@@ -295,11 +312,14 @@ class MusicMambaForCausalLM(MusicMambaPreTrainedModel, GenerationMixin):
     def set_input_embeddings(self, embeddings: nn.Embedding) -> None:
         self.backbone.set_input_embeddings(embeddings)
 
-    def prepare_inputs_for_generation(self, input_ids, cache=None, use_cache=None, is_first_iteration=False, **kwargs):
-        """The first call feeds the whole prompt; later ones only the newest token (the state holds the rest)."""
+    def prepare_inputs_for_generation(
+        self, input_ids, cache=None, use_cache=None, attention_mask=None, is_first_iteration=False, **kwargs
+    ):
+        """The first call feeds the whole (possibly left-padded) prompt; later ones only the
+        newest token (the state holds the rest)."""
         if use_cache and cache is not None and not is_first_iteration:
             input_ids = input_ids[:, -1:]
-        return {"input_ids": input_ids, "cache": cache, "use_cache": use_cache}
+        return {"input_ids": input_ids, "cache": cache, "use_cache": use_cache, "attention_mask": attention_mask}
 
     def forward(
         self,
@@ -313,13 +333,13 @@ class MusicMambaForCausalLM(MusicMambaPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         **kwargs,
     ) -> MusicMambaCausalLMOutput:
-        """`attention_mask` is accepted for API compatibility: packed training blocks and
-        left-aligned generation need none (padding sits at the end, its labels are -100)."""
+        """`attention_mask`: pad tokens (0) leave the recurrent state untouched, so left-padded
+        prompts generate as if unpadded; packed training blocks need no mask."""
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         hidden_states, all_hidden_states = self.backbone(
-            input_ids, inputs_embeds, cache if use_cache else None, bool(output_hidden_states)
+            input_ids, inputs_embeds, cache if use_cache else None, bool(output_hidden_states), attention_mask
         )
         logits = self.lm_head(hidden_states[:, -logits_to_keep:] if logits_to_keep else hidden_states).float()
         loss = None

@@ -258,8 +258,13 @@ class MusicXLSTMForCausalLM(MusicXLSTMPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         **kwargs,
     ) -> MusicXLSTMCausalLMOutput:
-        """`attention_mask` is accepted for API compatibility: packed training blocks and
-        left-aligned generation need none (padding sits at the end, its labels are -100)."""
+        """`attention_mask` may only mark padding at the end (training batches, labels -100):
+        the sLSTM recurrence cannot skip pad tokens, so left-padded prompts are refused."""
+        if attention_mask is not None and (attention_mask.diff(dim=1) > 0).any():
+            raise ValueError(
+                "MusicXLSTM cannot skip left padding inside its recurrence: give prompts of equal length "
+                "or generate them one at a time"
+            )
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if use_cache and cache is None:
             cache = MusicXLSTMCache(self.config.n_layer)

@@ -188,3 +188,21 @@ def test_xlstm_gates_start_with_forget_gates_open_and_input_gates_shut():
     assert layer.fgate_preact.bias.min() >= 3.0 and layer.fgate_preact.bias.max() <= 6.0
     assert torch.all(layer.igate_preact.bias == -10.0)
     assert abs(layer.q.weight.std().item() - 0.02) < 0.005
+
+
+def test_mamba_left_padded_prompts_generate_as_unpadded():
+    model = tiny("mamba")
+    short, long = torch.randint(3, 96, (1, 6)), torch.randint(3, 96, (1, 9))
+    batch = torch.cat([torch.cat([torch.zeros(1, 3, dtype=torch.long), short], dim=1), long])
+    mask = torch.cat([torch.cat([torch.zeros(1, 3), torch.ones(1, 6)], dim=1), torch.ones(1, 9)]).long()
+    together = model.generate(batch, attention_mask=mask, max_new_tokens=12, do_sample=False, eos_token_id=None)
+    alone = model.generate(short, max_new_tokens=12, do_sample=False, eos_token_id=None)
+    assert torch.equal(together[0, 9:], alone[0, 6:])
+    with torch.no_grad():
+        padded = model(batch, attention_mask=mask, use_cache=False).logits[0, 3:]
+        assert (padded - model(short, use_cache=False).logits[0]).abs().max() <= 1e-4
+
+
+def test_xlstm_refuses_left_padding():
+    with pytest.raises(ValueError, match="cannot skip left padding"):
+        tiny("xlstm")(torch.ones(1, 4, dtype=torch.long), attention_mask=torch.tensor([[0, 1, 1, 1]]))
