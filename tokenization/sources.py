@@ -34,7 +34,6 @@ BUNDLED = {
     "bundled:classical": CORPUS / "midi-classical-music",
     "bundled:lakh": CORPUS / "lakh-clean" / "clean_midi",
 }
-HUB_CLASSICAL = "drengskapur/midi-classical-music"
 LAYOUTS = ("classical", "lakh", "folder")
 SPLITS = {"train": 0.9, "validation": 0.05, "test": 0.05}
 MIDI_SUFFIXES = (".mid", ".midi")
