@@ -190,11 +190,14 @@ def test_xlstm_gates_start_with_forget_gates_open_and_input_gates_shut():
     assert abs(layer.q.weight.std().item() - 0.02) < 0.005
 
 
-def test_mamba_left_padded_prompts_generate_as_unpadded():
-    model = tiny("mamba")
-    short, long = torch.randint(3, 96, (1, 6)), torch.randint(3, 96, (1, 9))
-    batch = torch.cat([torch.cat([torch.zeros(1, 3, dtype=torch.long), short], dim=1), long])
-    mask = torch.cat([torch.cat([torch.zeros(1, 3), torch.ones(1, 6)], dim=1), torch.ones(1, 9)]).long()
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+)
+def test_mamba_left_padded_prompts_generate_as_unpadded(device):
+    model = tiny("mamba").to(device)
+    short, long = torch.randint(3, 96, (1, 6), device=device), torch.randint(3, 96, (1, 9), device=device)
+    batch = torch.cat([torch.cat([torch.zeros_like(short[:, :3]), short], dim=1), long])
+    mask = (torch.arange(9, device=device) >= torch.tensor([[3], [0]], device=device)).long()
     together = model.generate(batch, attention_mask=mask, max_new_tokens=12, do_sample=False, eos_token_id=None)
     alone = model.generate(short, max_new_tokens=12, do_sample=False, eos_token_id=None)
     assert torch.equal(together[0, 9:], alone[0, 6:])
