@@ -133,8 +133,8 @@ class MusicMambaMixer(nn.Module):
         self.conv_dim = self.d_inner + 2 * self.ngroups * self.d_state
         self.in_proj = nn.Linear(config.n_embd, self.d_inner + self.conv_dim + self.nheads, bias=False)
         self.conv1d = nn.Conv1d(
-            self.conv_dim, self.conv_dim, self.d_conv, groups=self.conv_dim, padding=self.d_conv - 1
-        )
+            self.conv_dim, self.conv_dim, self.d_conv, groups=self.conv_dim
+        )  # weights; see `_conv`
         self.dt_bias = nn.Parameter(torch.empty(self.nheads))
         self.A_log = nn.Parameter(torch.empty(self.nheads))
         self.D = nn.Parameter(torch.empty(self.nheads))
@@ -151,12 +151,12 @@ class MusicMambaMixer(nn.Module):
         if padding is not None:
             xBC = xBC.masked_fill(padding[..., None], 0.0)
             dt = dt.masked_fill(padding[..., None], -1e4)  # softplus(-1e4) == 0 in any float type
+        state = cache.get_recurrent_state(self.layer_idx) if cache is not None else None  # before `_conv` updates
         xBC = F.silu(self._conv(xBC, cache))
         x, B, C = xBC.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         x = x.reshape(batch, length, self.nheads, self.headdim)
         B = B.reshape(batch, length, self.ngroups, self.d_state)
         C = C.reshape(batch, length, self.ngroups, self.d_state)
-        state = cache.get_recurrent_state(self.layer_idx) if cache is not None else None
         y, state = self._scan(x, dt, B, C, state)
         if cache is not None:
             cache.update_recurrent_state(state, self.layer_idx)

@@ -75,7 +75,7 @@ class MusicXLSTMMLSTMBlock(nn.Module):
 
     def __init__(self, config: MusicXLSTMConfig) -> None:
         super().__init__()
-        self.large_config = xLSTMLargeConfig(
+        large_config = xLSTMLargeConfig(
             embedding_dim=config.n_embd,
             num_heads=config.num_heads,
             num_blocks=config.n_layer,
@@ -91,7 +91,7 @@ class MusicXLSTMMLSTMBlock(nn.Module):
             inference_state_dtype="float32",
             **KERNELS["cpu"],
         )
-        self.block = mLSTMBlock(self.large_config)
+        self.block = mLSTMBlock(large_config)
         self._backends = {"cpu": self.block.mlstm_layer.mlstm_backend}  # a plain dict: no parameters inside
         for name, module in self.block.named_modules():  # `_init_weights` sees leaf modules only
             if isinstance(module, nn.Linear):

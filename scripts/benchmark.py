@@ -13,8 +13,9 @@ one process, on the same files and tokenizer.
 several lengths, and generation ms/token and memory after a prefill of several context
 lengths, beside transformers' own `Mamba2ForCausalLM` and `xLSTMForCausalLM` at matched
 sizes; JSON plus a PNG plot. GPT-2 gets `n_positions` large enough for the longest
-context. Memory is the size of the cache, and the peak of allocated (CUDA) or resident
-(CPU) memory above the level before the prefill.
+context. Memory is the size of the cache and, on CUDA, the allocator's peak above its
+level before the prefill (on CPU the resident size says nothing once training has grown
+the allocator's pool, so none is reported).
 
 Each benchmark imports only what it measures, so `models` runs where the data libraries
 are not installed (a bare GPU machine).
@@ -26,13 +27,11 @@ import json
 import os
 import platform
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-import psutil
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -43,7 +42,7 @@ from transformers import (
     xLSTMForCausalLM,
 )
 
-from modeling import FAMILIES, build_config
+from modeling import FAMILIES, PRESETS, build_config
 
 
 @dataclass
@@ -166,53 +165,22 @@ class Vocabulary:
 
 
 def reference_models(preset: str, vocab_size: int) -> dict:
-    """transformers' own Mamba-2 and xLSTM at the sizes of our `small` / `base` presets."""
-    width = {"small": 256, "base": 768}.get(preset)
-    if width is None:
-        return {}
+    """transformers' own Mamba-2 and xLSTM, sized from our presets.
+
+    The Mamba-2 copies our Mamba preset. transformers' xLSTM has mLSTM blocks only: with
+    12 of them it matches the parameter count of our 14 mixed blocks (mLSTM + sLSTM).
+    """
+    mamba, xlstm = PRESETS["mamba"][preset], PRESETS["xlstm"][preset]
     mamba = Mamba2Config(
-        vocab_size=vocab_size, hidden_size=width, num_hidden_layers=24, state_size=64 if width == 256 else 128,
-        head_dim=32 if width == 256 else 64, num_heads=16 if width == 256 else 24, n_groups=1, expand=2,
-        chunk_size=64 if width == 256 else 128, tie_word_embeddings=True,
+        vocab_size=vocab_size, hidden_size=mamba["n_embd"], num_hidden_layers=mamba["n_layer"],
+        state_size=mamba["d_state"], head_dim=mamba["headdim"], num_heads=2 * mamba["n_embd"] // mamba["headdim"],
+        n_groups=1, expand=2, chunk_size=mamba["chunk_size"], tie_word_embeddings=True,
     )  # fmt: skip
     xlstm = xLSTMConfig(
-        vocab_size=vocab_size, hidden_size=width, num_blocks=12, num_heads=4, chunk_size=64, tie_word_embeddings=True
-    )
+        vocab_size=vocab_size, hidden_size=xlstm["n_embd"], num_blocks=xlstm["n_layer"] - 2,
+        num_heads=xlstm["num_heads"], chunk_size=xlstm["chunk_size"], tie_word_embeddings=True,
+    )  # fmt: skip
     return {"transformers_mamba2": (Mamba2ForCausalLM, mamba), "transformers_xlstm": (xLSTMForCausalLM, xlstm)}
-
-
-class PeakMemory:
-    """Peak memory above the level at entry: CUDA allocator statistics, or sampled RSS on CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-        else:
-            self.process = psutil.Process()
-            self.base = self.peak = self.process.memory_info().rss
-            self.running = True
-            self.sampler = threading.Thread(target=self._sample, daemon=True)
-            self.sampler.start()
-        return self
-
-    def _sample(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.002)
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated()
-        else:
-            self.running = False
-            self.sampler.join()
-        self.bytes = self.peak - self.base
 
 
 def synchronize(device: torch.device) -> None:
@@ -240,10 +208,12 @@ def cache_bytes(cache) -> int:
     seen, total, stack = set(), 0, [cache]
     while stack:
         item = stack.pop()
+        key = item.data_ptr() if isinstance(item, torch.Tensor) else id(item)
+        if key in seen:
+            continue
+        seen.add(key)
         if isinstance(item, torch.Tensor):
-            if item.data_ptr() not in seen:
-                seen.add(item.data_ptr())
-                total += item.numel() * item.element_size()
+            total += item.numel() * item.element_size()
         elif isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
@@ -258,24 +228,27 @@ def time_generation(model, context: int, new_tokens: int, vocab_size: int, devic
     """Prefill `context` tokens, then `new_tokens` single-token steps through the cache."""
     model.eval()
     ids = torch.randint(3, vocab_size, (1, context), device=device)
-    with PeakMemory(device) as memory:
-        start = time.perf_counter()
-        out = model(ids, use_cache=True)
-        synchronize(device)
-        prefill = time.perf_counter() - start
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    start = time.perf_counter()
+    out = model(ids, use_cache=True)
+    synchronize(device)
+    prefill = time.perf_counter() - start
+    step = out.logits[:, -1:].argmax(-1)
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        out = model(step, cache=out.cache, use_cache=True)
         step = out.logits[:, -1:].argmax(-1)
-        start = time.perf_counter()
-        for _ in range(new_tokens):
-            out = model(step, cache=out.cache, use_cache=True)
-            step = out.logits[:, -1:].argmax(-1)
-        synchronize(device)
-        stepping = time.perf_counter() - start
+    synchronize(device)
+    stepping = time.perf_counter() - start
     return {
         "context": context,
         "prefill_s": prefill,
         "ms_per_token": 1000 * stepping / new_tokens,
         "cache_bytes": cache_bytes(out.cache),
-        "peak_memory_bytes": memory.bytes,
+        "peak_memory_bytes": torch.cuda.max_memory_allocated() - base if device.type == "cuda" else None,
     }
 
 

@@ -52,10 +52,11 @@ class MusicGrammar:
             first.append(index[kinds[0]])
             last.append(index[kinds[-1]])
         successors = {t: graph.get(t, set()) | {"EOS"} for t in music_types}
+        # MASK and VOID are never generated: after one given in a prompt, only the end may follow
         successors.update(
-            {"PAD": {"PAD"}, "BOS": {CONDITION}, "EOS": {"BOS", "PAD"}, CONDITION: {MUSIC_START}, VOID: {"EOS"}}
+            {"PAD": {"PAD"}, "BOS": {CONDITION}, "EOS": {"BOS", "PAD"}, CONDITION: {MUSIC_START}}
+            | dict.fromkeys(("MASK", VOID), {"EOS"})
         )
-        successors["MASK"] = {"EOS"}  # never generated; after one given in a prompt, only the end
         first_state = torch.tensor(first)
         self.states = states
         self.state_of = torch.tensor(last)

@@ -142,7 +142,7 @@ def _read(urls: list[str], paths: list[str], composers: list[str]):
 
 
 def load_source(
-    uri: str, split: str | None = None, include_versions: bool = False, max_files: int | None = None
+    uri: str, split: str | None = None, *, include_versions: bool = False, max_files: int | None = None
 ) -> IterableDataset:
     """A streaming dataset of `{"midi": bytes, "composer": str, "path": str}`, one row per file.
 

@@ -22,6 +22,7 @@ from typing import Union
 import miditok
 import symusic
 from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .composers import ALIASES, HYPHENATED, UNKNOWN, canonical_composer
 
@@ -220,10 +221,12 @@ class MusicTokenizer:
         """Load from a folder, or from a Hub repo id (through the Hugging Face cache)."""
         folder = Path(name_or_path)
         if not folder.is_dir():
-            if folder.is_absolute() or str(name_or_path).startswith((".", "~")) or str(name_or_path).count("/") != 1:
+            try:
+                validate_repo_id(str(name_or_path))
+            except HFValidationError:
                 raise FileNotFoundError(
                     f"no tokenizer folder {name_or_path}, and it is not a Hub repo id (owner/name)"
-                )
+                ) from None
             folder = Path(
                 snapshot_download(
                     str(name_or_path), revision=revision, allow_patterns=[BASE_FILE, CONDITIONS_FILE], **hub_kwargs
