@@ -9,14 +9,13 @@ only in validation still has a token); BPE is learned on the training split.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
-from tokenization import MusicTokenizer, list_midi_files, load_source, skip_summary
+from tokenization import load_source, skip_summary, tokenizer_for_sources
 from tokenization.stats import corpus_table
 
 
@@ -47,10 +46,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("tokenization.blocks").setLevel(logging.ERROR)  # the summary line reports skips
 
-    tokenizer = MusicTokenizer(composers={f.composer for f in list_midi_files(args.source)})
-    if args.bpe_vocab_size:
-        rows = itertools.islice(load_source(args.source, split="train"), args.bpe_max_files)
-        tokenizer.train_bpe(args.bpe_vocab_size, (row["midi"] for row in rows))
+    tokenizer = tokenizer_for_sources([args.source], args.bpe_vocab_size, args.bpe_max_files)
     tokenizer.save_pretrained(args.output_dir)
     if args.push_to_hub:
         print(f"pushed: {tokenizer.push_to_hub(args.push_to_hub)}")

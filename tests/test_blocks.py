@@ -6,7 +6,7 @@ import torch
 from datasets import IterableDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from tokenization import BlockCollator, TokenBlockStream, load_source, skip_summary
+from tokenization import BlockCollator, TokenBlockStream, evaluation_blocks, load_score, load_source, skip_summary
 from tokenization.sources import FEATURES
 
 
@@ -117,3 +117,16 @@ def test_a_share_without_usable_files_fails_instead_of_spinning(tokenizer, bad_m
     stream = TokenBlockStream(rows_source(rows), tokenizer, 256, loop=True)
     with pytest.raises(ValueError, match="no usable MIDI in this rank's or worker's files .*skipped 4 files"):
         next(iter(stream))
+
+
+def test_evaluation_blocks_predict_every_token_once_and_count_notes(tokenizer, good_midis, bad_midis):
+    good = [{"midi": m, "composer": "bach", "path": f"{i}.mid"} for i, m in enumerate(good_midis[:4])]
+    rows = [good[0], {"midi": bad_midis["random"], "composer": "bach", "path": "bad.mid"}, *good[1:]]
+    blocks, notes, skipped = evaluation_blocks(rows_source(rows), tokenizer, block_size=100, max_files=3)
+    ids = sum((tokenizer.encode(m, "bach") for m in good_midis[:3]), [])  # the first 3 usable pieces
+    assert all(len(block) == 100 for block in blocks[:-1]) and len(blocks[-1]) >= 2
+    assert all(a[-1] == b[0] for a, b in itertools.pairwise(blocks))  # one token of overlap
+    assert sum(len(block) - 1 for block in blocks) == len(ids) - 1  # every token but the first is a target
+    assert blocks[0] + sum((block[1:] for block in blocks[1:]), []) == ids
+    assert notes == sum(load_score(m).note_num() for m in good_midis[:3])
+    assert skipped == Counter({"unreadable": 1})

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tokenization import list_midi_files, load_source, split_of
+from tokenization import list_midi_files, load_source, mix_sources, split_of
 from tokenization.sources import BUNDLED, resolve
 
 
@@ -106,3 +106,16 @@ def test_the_data_folder_of_the_classical_layout_keeps_labels_and_splits():
 def test_a_sample_spans_the_splits():
     sample = list_midi_files("bundled", max_files=30)
     assert len(sample) == 30 and len({split_of(f.path) for f in sample}) == 3
+
+
+def test_mixed_sources_draw_from_each_until_all_are_read():
+    rows = [row["path"] for row in mix_sources(["bundled", "bundled:lakh"], "train", [1, 1], seed=0)]
+    classical = {f.path for f in list_midi_files("bundled", "train")}
+    lakh = {f.path for f in list_midi_files("bundled:lakh", "train")}
+    assert set(rows) == classical | lakh  # every file of both, the smaller source repeated meanwhile
+    assert sum(path in lakh for path in rows) > len(lakh)
+    assert [row["path"] for row in mix_sources(["bundled"], "test")] == [
+        f.path for f in list_midi_files("bundled", "test")
+    ]
+    with pytest.raises(ValueError, match="2 source weights for 1 sources"):
+        mix_sources(["bundled"], "train", [1, 2])

@@ -1,9 +1,9 @@
 """Music tokenization and the MIDI data layer."""
 
-from .blocks import BlockCollator, TokenBlockStream, skip_summary
+from .blocks import BlockCollator, TokenBlockStream, evaluation_blocks, skip_summary
 from .composers import UNKNOWN, canonical_composer
 from .grammar import MusicGrammar, MusicGrammarLogitsProcessor
-from .sources import list_midi_files, load_source, split_of
+from .sources import list_midi_files, load_source, mix_sources, split_of, tokenizer_for_sources
 from .tokenizer import InvalidMidiError, MusicTokenizer, load_score
 
 __all__ = [
@@ -15,9 +15,12 @@ __all__ = [
     "MusicTokenizer",
     "TokenBlockStream",
     "canonical_composer",
+    "evaluation_blocks",
     "list_midi_files",
     "load_score",
     "load_source",
+    "mix_sources",
     "skip_summary",
     "split_of",
+    "tokenizer_for_sources",
 ]

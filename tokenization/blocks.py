@@ -179,6 +179,32 @@ class TokenBlockStream(torch.utils.data.IterableDataset):
         return {"input_ids": buffer.pop()}
 
 
+def evaluation_blocks(
+    source: IterableDataset, tokenizer: MusicTokenizer, block_size: int, *, max_files: int | None = None
+) -> tuple[list[list[int]], int, Counter]:
+    """(blocks, notes, skipped) of the first `max_files` usable pieces of `source`, in order.
+
+    The pieces are concatenated like training data and cut into blocks that overlap by one
+    token, so every token but the very first is predicted exactly once; `notes` counts the
+    notes of those pieces, so that summed bits / notes is the bits per note of the set.
+    """
+    if block_size < 2:
+        raise ValueError(f"block_size must be at least 2, got {block_size}")
+    ids: list[int] = []
+    notes, pieces, skipped = 0, 0, Counter()
+    for example in source:
+        if max_files is not None and pieces == max_files:
+            break
+        encoded = encode_example(tokenizer, example, skipped)
+        if encoded is not None:
+            notes += encoded[0].note_num()
+            pieces += 1
+            ids.extend(encoded[1])
+    starts = range(0, max(len(ids) - 1, 1), block_size - 1)
+    blocks = [ids[start : start + block_size] for start in starts]
+    return [block for block in blocks if len(block) >= 2], notes, skipped
+
+
 class BlockCollator:
     """Batches blocks: pads to the longest, `attention_mask` 0 and `labels` -100 on padding."""
 

@@ -16,15 +16,17 @@ The layout is detected, or forced with a prefix: `lakh:/data/clean_midi`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
-from datasets import Features, IterableDataset, Value
+from datasets import Features, IterableDataset, Value, interleave_datasets
 
 from .composers import UNKNOWN, canonical_composer, composer_from_filename
+from .tokenizer import MusicTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -162,3 +164,32 @@ def load_source(
         "composers": [f.composer for f in files],
     }
     return IterableDataset.from_generator(_read, gen_kwargs=columns, features=FEATURES)
+
+
+def mix_sources(
+    uris: list[str], split: str | None = None, weights: list[float] | None = None, *, seed: int = 0
+) -> IterableDataset:
+    """Several sources as one stream: each next file comes from source i with probability
+    `weights[i]` (normalised; default equal), until every source has been read once
+    (smaller sources repeat meanwhile). One source is returned as it is."""
+    if weights and len(weights) != len(uris):
+        raise ValueError(f"{len(weights)} source weights for {len(uris)} sources: give one weight per source")
+    if weights and (min(weights) < 0 or sum(weights) <= 0):
+        raise ValueError(f"source weights must be non-negative and not all zero, got {weights}")
+    sources = [load_source(uri, split) for uri in uris]
+    if len(sources) == 1:
+        return sources[0]
+    total = sum(weights) if weights else len(sources)
+    probabilities = [w / total for w in weights] if weights else None
+    return interleave_datasets(sources, probabilities, seed=seed, stopping_strategy="all_exhausted")
+
+
+def tokenizer_for_sources(uris: list[str], bpe_vocab_size: int = 0, bpe_max_files: int = 2000) -> MusicTokenizer:
+    """A new tokenizer with a condition token for every label in `uris` (all splits, so a
+    composer seen only in validation still has one) and, if `bpe_vocab_size`, BPE learned
+    on up to `bpe_max_files` training files."""
+    tokenizer = MusicTokenizer(composers={f.composer for uri in uris for f in list_midi_files(uri)})
+    if bpe_vocab_size:
+        rows = itertools.islice(mix_sources(uris, split="train"), bpe_max_files)
+        tokenizer.train_bpe(bpe_vocab_size, (row["midi"] for row in rows))
+    return tokenizer

@@ -1,0 +1,68 @@
+"""The Hub model card of a trained model: YAML metadata the Hub indexes, then what the model
+is, how to use it, its data, metrics and settings (template: `music_model.md`)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+from transformers import PreTrainedConfig
+
+TEMPLATE = Path(__file__).with_name("music_model.md")
+FAMILY_NAMES = {"gpt2": "GPT-2 Transformer", "music_mamba": "Mamba-2", "music_xlstm": "xLSTM"}
+_HUB_DATASET = re.compile(r"^(?:hf://datasets/)?([\w.-]+/[\w.-]+)$")
+
+
+def hub_datasets(sources: list[str]) -> list[str]:
+    """The Hub dataset ids among `sources` (local folders and the bundled corpus have none)."""
+    ids = []
+    for source in sources:
+        match = _HUB_DATASET.match(source.split(":", 1)[1] if source.startswith(("classical:", "lakh:")) else source)
+        if match and not Path(source).exists():
+            ids.append(match.group(1))
+    return ids
+
+
+def model_card(
+    config: PreTrainedConfig,
+    *,
+    parameters: int,
+    conditions: list[str],
+    sources: list[str],
+    metrics: dict[str, float],
+    training: dict,
+    tokens_trained: int,
+    repo_id: str | None = None,
+    license: str = "mit",
+) -> ModelCard:
+    """Fill the template. `repo_id` goes into the usage snippet (a placeholder when None)."""
+    name = repo_id.split("/")[-1] if repo_id else f"{config.model_type}-midi"
+    data = ModelCardData(
+        library_name="transformers",
+        # The Hub only accepts its own task names; ours (midi-generation) goes into the tags.
+        pipeline_tag="text-generation",
+        tags=["music", "midi", "symbolic-music", "midi-generation", config.model_type],
+        datasets=hub_datasets(sources) or None,
+        license=license,
+        model_name=name,
+    )
+    return ModelCard.from_template(
+        data,
+        template_path=str(TEMPLATE),
+        model_name=name,
+        family_name=FAMILY_NAMES.get(config.model_type, config.model_type),
+        parameters=f"{parameters / 1e6:.1f}M",
+        repo_id=repo_id or "path/to/this/folder",
+        condition_name="composer",
+        condition_count=len(conditions),
+        conditions=", ".join(f"`{c}`" for c in conditions),
+        example_composer=next((c for c in conditions if c != "Unknown"), "Unknown"),
+        condition_dropout=training.get("condition_dropout", 0.0),
+        sources=sources,
+        metrics={k: f"{v:.4f}" if isinstance(v, float) else v for k, v in metrics.items()},
+        training=training,
+        tokens_trained=f"{tokens_trained:,}",
+        config_json=json.dumps(config.to_diff_dict(), indent=2, sort_keys=True),
+    )

@@ -1,0 +1,148 @@
+"""What a training script needs beyond `Accelerator`: checkpoints that resume exactly and
+survive a kill while they are written, and held-out likelihood summed across ranks.
+
+A checkpoint is `accelerator.save_state` (model, optimizer, registered objects such as the
+scheduler, every rank's random state) plus one data-position file per rank (each rank
+reads its own share of the files, so accelerate's main-process-only custom state cannot
+hold it) and `trainer_state.json` (step, tokens, world size). It is written to a hidden
+`.checkpoint-N.tmp` folder and renamed to `checkpoint-N` only when every rank is done:
+a kill at any moment leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+TRAINER_STATE = "trainer_state.json"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints in `output_dir`, oldest first."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if CHECKPOINT.match(p.name) and (p / TRAINER_STATE).is_file()]
+    return sorted(found, key=lambda p: int(CHECKPOINT.match(p.name).group(1)))
+
+
+def remove_partial_checkpoints(output_dir: str | Path) -> None:
+    """Delete what a run killed while saving left behind (never a complete checkpoint)."""
+    for partial in Path(output_dir).glob(".checkpoint-*.tmp"):
+        shutil.rmtree(partial)
+
+
+def resolve_checkpoint(output_dir: str | Path, name: str) -> Path | None:
+    """`latest` -> the newest complete checkpoint in `output_dir` (None if there is none yet);
+    a path -> that checkpoint, which must be complete."""
+    if name == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(name)
+    if not (path / TRAINER_STATE).is_file():
+        raise FileNotFoundError(
+            f"{name!r} is not a complete checkpoint (no {TRAINER_STATE}): give a checkpoint-N folder or 'latest'"
+        )
+    return path
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    output_dir: str | Path,
+    step: int,
+    state: dict,
+    rank_state: dict,
+    keep: int | None,
+    save_extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write `checkpoint-<step>` (all ranks call this), then keep only the newest `keep`.
+
+    `state` is shared (written once), `rank_state` is this rank's (its data position);
+    `save_extra(folder)` writes more files (the tokenizer) from the main process.
+    """
+    final = Path(output_dir) / f"checkpoint-{step}"
+    partial = Path(output_dir) / f".checkpoint-{step}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)  # left by a run killed while saving
+        partial.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    torch.save(rank_state, partial / f"rank_state_{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        state = {**state, "step": step, "world_size": accelerator.num_processes}
+        if save_extra is not None:
+            save_extra(partial)
+        (partial / TRAINER_STATE).write_text(json.dumps(state, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        if keep:
+            for old in list_checkpoints(output_dir)[:-keep]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Accelerator, path: str | Path) -> tuple[dict, dict]:
+    """Restore what `save_checkpoint` wrote; return (shared state, this rank's state)."""
+    path = Path(path)
+    state = json.loads((path / TRAINER_STATE).read_text())
+    if state["world_size"] != accelerator.num_processes:
+        raise ValueError(
+            f"{path} was written by {state['world_size']} processes and this run has {accelerator.num_processes}: "
+            "each process resumes its own share of the data, so launch the same number of processes"
+        )
+    accelerator.load_state(str(path))
+    rank_state = torch.load(path / f"rank_state_{accelerator.process_index}.pt", weights_only=True)
+    return state, rank_state
+
+
+def summed_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of next-token negative log-likelihoods in nats, number of predicted tokens)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
+    return nll, (labels != -100).sum()
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, batches: Iterable[dict], accelerator: Accelerator, notes: int) -> dict:
+    """Loss (nats per token), bits per token and bits per note over every rank's batches.
+
+    `notes` is the number of notes in the whole evaluation set (all ranks together).
+    """
+    model.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for batch in batches:
+        nll, count = summed_nll(model, {k: v.to(accelerator.device) for k, v in batch.items()})
+        total += torch.stack([nll.double(), count.double()])
+    model.train()
+    nll, count = accelerator.reduce(total, reduction="sum").tolist()
+    if not count:
+        raise ValueError("the evaluation set has no tokens to predict: check the validation source")
+    return {
+        "loss": nll / count,
+        "bits_per_token": nll / count / math.log(2),
+        "bits_per_note": nll / notes / math.log(2) if notes else float("nan"),
+        "tokens": int(count),
+    }
+
+
+def parameter_digest(model: torch.nn.Module) -> str:
+    """A short hash of every parameter's bytes: equal on all ranks when gradients are synchronised."""
+    digest = hashlib.sha1()
+    for name, parameter in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(parameter.detach().cpu().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]

@@ -1,0 +1,485 @@
+"""Train a MIDI language model (GPT-2, MusicMamba or MusicXLSTM) with accelerate.
+
+    accelerate launch --config_file accelerate_configs/single_gpu.yaml scripts/train.py \\
+        scripts/configs/mamba-small.yaml
+    accelerate launch --config_file accelerate_configs/cpu_2proc.yaml scripts/train.py \\
+        scripts/configs/transformer-tiny.yaml --max_steps 50 --output_dir outputs/tiny
+    python scripts/train.py scripts/configs/xlstm-small.yaml --resume_from_checkpoint latest
+
+A YAML preset gives the defaults, `--key value` overrides them. Each process streams its own
+share of the training files, tokenizes them on the fly and packs them into blocks; the
+validation split is evaluated every `eval_steps` (loss, bits per token, bits per note).
+Checkpoints (`checkpoint-N/` in `output_dir`) resume exactly: model, optimizer, scheduler,
+random states and every process's position in the data. At the end `output_dir` holds the
+model (safetensors and its code), the tokenizer and a model card, ready for
+`AutoModelForCausalLM.from_pretrained(output_dir)` and the Hub.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from huggingface_hub import HfApi
+from torchdata.stateful_dataloader import StatefulDataLoader
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, HfArgumentParser, get_scheduler
+
+import modeling
+from model_cards import model_card
+from modeling.training import (
+    evaluate,
+    list_checkpoints,
+    load_checkpoint,
+    parameter_digest,
+    remove_partial_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from tokenization import (
+    BlockCollator,
+    MusicTokenizer,
+    TokenBlockStream,
+    evaluation_blocks,
+    list_midi_files,
+    mix_sources,
+    skip_summary,
+    tokenizer_for_sources,
+)
+
+logger = get_logger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    family: str = field(default="transformer", metadata={"help": f"One of {', '.join(modeling.FAMILIES)}."})
+    preset: str = field(default="tiny", metadata={"help": "Model size: tiny, small or base."})
+    config_overrides: str | None = field(
+        default=None, metadata={"help": "Config fields to change, as a YAML mapping: '{n_layer: 4, n_embd: 128}'."}
+    )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "Tokenizer folder or Hub repo id; by default one is built from the sources."}
+    )
+    bpe_vocab_size: int = field(default=0, metadata={"help": "BPE vocabulary of a built tokenizer (0: no BPE)."})
+    bpe_max_files: int = field(default=2000, metadata={"help": "Training files a built tokenizer learns BPE on."})
+
+
+@dataclass
+class DataArguments:
+    sources: list[str] = field(
+        default_factory=lambda: ["bundled"],
+        metadata={"help": "MIDI sources: folders, Hub dataset ids, hf://datasets/..., bundled, bundled:lakh."},
+    )
+    source_weights: list[float] | None = field(
+        default=None, metadata={"help": "Probability of drawing the next file from each source (default: equal)."}
+    )
+    block_size: int = field(default=1024, metadata={"help": "Tokens per training block."})
+    shuffle_buffer: int = field(default=256, metadata={"help": "Blocks in the shuffle buffer (0: file order)."})
+    condition_dropout: float = field(
+        default=0.1, metadata={"help": "Share of pieces trained as Composer_Unknown (for guidance)."}
+    )
+    num_workers: int = field(default=1, metadata={"help": "DataLoader worker processes per training process."})
+    eval_max_files: int | None = field(
+        default=32, metadata={"help": "Validation pieces evaluated (all: leave empty); the same ones every time."}
+    )
+
+
+@dataclass
+class TrainArguments:
+    output_dir: str = field(default="outputs/run", metadata={"help": "Checkpoints, logs and the final model."})
+    per_device_train_batch_size: int = field(default=8)
+    per_device_eval_batch_size: int = field(default=8)
+    gradient_accumulation_steps: int = field(default=1)
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate (AdamW)."})
+    weight_decay: float = field(default=0.1)
+    adam_beta2: float = field(default=0.95)
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (0: off)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "A transformers scheduler name."})
+    warmup_steps: int = field(default=100)
+    max_steps: int = field(default=1000, metadata={"help": "Optimizer steps, unless max_train_tokens is set."})
+    max_train_tokens: int | None = field(default=None, metadata={"help": "Train on this many tokens (all ranks)."})
+    logging_steps: int = field(default=10)
+    eval_steps: int = field(default=200, metadata={"help": "Evaluate every N steps (0: only at the end)."})
+    save_steps: int = field(default=200, metadata={"help": "Checkpoint every N steps (0: only at the end)."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (empty: all)."})
+    export_at_checkpoints: bool = field(
+        default=False, metadata={"help": "Also write (and push) the model folder at each checkpoint."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "'latest' (in output_dir; starts afresh if none) or a checkpoint folder."}
+    )
+    seed: int = field(default=42)
+    report_to: str = field(
+        default="tensorboard", metadata={"help": "accelerate tracker(s), comma-separated, or none."}
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the model folder to hub_model_id."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id, e.g. me/mamba-classical."})
+    hub_private: bool = field(default=False)
+    license: str = field(default="mit", metadata={"help": "Model card licence (the training data's terms apply)."})
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments)
+CARD_SETTINGS = ("family", "preset", "block_size", "learning_rate", "max_steps", "condition_dropout", "num_processes")
+
+
+def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainArguments]:
+    """`[preset.yaml] [--key value ...]`: the YAML file's values are defaults the flags override."""
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        preset, argv = Path(argv[0]), argv[1:]
+        if not preset.is_file():
+            parser.error(f"preset {preset} not found: see scripts/configs/ for the shipped ones")
+        values = yaml.safe_load(preset.read_text()) or {}
+        known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            parser.error(f"unknown key(s) {', '.join(unknown)} in {preset}: valid keys are {', '.join(sorted(known))}")
+        if isinstance(values.get("config_overrides"), dict):
+            values["config_overrides"] = json.dumps(values["config_overrides"])
+        parser.set_defaults(**values)
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unknown argument(s) {' '.join(unknown)}: see --help for the valid ones")
+    model_args, data_args, train_args = parsed
+    try:
+        check_arguments(model_args, data_args, train_args)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
+    return model_args, data_args, train_args
+
+
+def check_arguments(model_args: ModelArguments, data_args: DataArguments, train_args: TrainArguments) -> None:
+    """Fail before any work on what would fail later: names, sources, numbers."""
+    if model_args.family not in modeling.PRESETS:
+        raise ValueError(f"unknown model family {model_args.family!r}: choose one of {', '.join(modeling.FAMILIES)}")
+    presets = modeling.PRESETS[model_args.family]
+    if model_args.preset not in presets:
+        raise ValueError(f"unknown preset {model_args.preset!r}: choose one of {', '.join(presets)}")
+    config_overrides(model_args)
+    for source in data_args.sources:
+        for split in ("train", "validation"):  # raises with the accepted forms when the source does not exist
+            if not list_midi_files(source, split):
+                raise ValueError(
+                    f"source {source!r} has no MIDI files in its {split} split (files go to train, validation and "
+                    "test by a hash of their path, 90/5/5 %): give a larger source"
+                )
+    if data_args.source_weights and len(data_args.source_weights) != len(data_args.sources):
+        raise ValueError("--source_weights needs one weight per source")
+    if train_args.push_to_hub and not train_args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id <user>/<name>")
+    if train_args.resume_from_checkpoint not in (None, "latest"):
+        resolve_checkpoint(train_args.output_dir, train_args.resume_from_checkpoint)
+    if not train_args.resume_from_checkpoint and list_checkpoints(train_args.output_dir):
+        raise ValueError(
+            f"{train_args.output_dir} already holds checkpoints: continue with --resume_from_checkpoint latest, "
+            "or give another --output_dir"
+        )
+
+
+def config_overrides(model_args: ModelArguments) -> dict:
+    if not model_args.config_overrides:
+        return {}
+    values = yaml.safe_load(model_args.config_overrides)
+    if not isinstance(values, dict):
+        raise ValueError(f"--config_overrides must be a mapping like '{{n_layer: 4}}', got {values!r}")
+    return values
+
+
+def load_tokenizer(accelerator: Accelerator, model_args: ModelArguments, data_args: DataArguments, output_dir: Path):
+    """The run's tokenizer, built (or loaded) by the main process and saved in `output_dir`,
+    where the other processes read it."""
+    if accelerator.is_main_process:
+        if model_args.tokenizer:
+            tokenizer = MusicTokenizer.from_pretrained(model_args.tokenizer)
+        else:
+            logger.info("building the tokenizer from %s", ", ".join(data_args.sources))
+            tokenizer = tokenizer_for_sources(data_args.sources, model_args.bpe_vocab_size, model_args.bpe_max_files)
+        tokenizer.save_pretrained(output_dir)
+    accelerator.wait_for_everyone()
+    return MusicTokenizer.from_pretrained(output_dir)
+
+
+def train_loader(tokenizer, data_args: DataArguments, train_args: TrainArguments, accelerator) -> StatefulDataLoader:
+    stream = TokenBlockStream(
+        mix_sources(data_args.sources, "train", data_args.source_weights, seed=train_args.seed),
+        tokenizer,
+        data_args.block_size,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        shuffle_buffer=data_args.shuffle_buffer,
+        condition_dropout=data_args.condition_dropout,
+        seed=train_args.seed,
+        loop=True,
+    )
+    return StatefulDataLoader(
+        stream,
+        batch_size=train_args.per_device_train_batch_size,
+        collate_fn=BlockCollator(tokenizer.pad_token_id),
+        num_workers=data_args.num_workers,
+        prefetch_factor=8 if data_args.num_workers else None,
+        persistent_workers=data_args.num_workers > 0,
+    )
+
+
+def eval_batches(tokenizer, data_args: DataArguments, train_args: TrainArguments, accelerator):
+    """This process's share of the validation blocks, as batches, and the notes of the whole set."""
+    source = mix_sources(data_args.sources, "validation")
+    blocks, notes, skipped = evaluation_blocks(
+        source, tokenizer, data_args.block_size, max_files=data_args.eval_max_files
+    )
+    logger.info("validation: %d blocks, %d notes; %s", len(blocks), notes, skip_summary(skipped))
+    mine = blocks[accelerator.process_index :: accelerator.num_processes]
+    collate = BlockCollator(tokenizer.pad_token_id)
+    size = train_args.per_device_eval_batch_size
+    batches = [collate([{"input_ids": b} for b in mine[i : i + size]]) for i in range(0, len(mine), size)]
+    # Every process runs the same number of forwards (FSDP gathers weights in each): the
+    # ones with fewer blocks add a batch that predicts nothing.
+    while len(batches) < math.ceil(math.ceil(len(blocks) / accelerator.num_processes) / size):
+        filler = collate([{"input_ids": blocks[0]}])
+        filler["labels"].fill_(-100)
+        batches.append(filler)
+    return batches, notes
+
+
+def build_optimizer(model: torch.nn.Module, train_args: TrainArguments) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norms, biases or per-channel vectors)."""
+    decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and "norm" not in name.lower()]
+    chosen = {id(p) for p in decay}
+    rest = [p for p in model.parameters() if id(p) not in chosen]
+    groups = [{"params": decay, "weight_decay": train_args.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=train_args.learning_rate, betas=(0.9, train_args.adam_beta2))
+
+
+def export(accelerator, model, tokenizer, output_dir: Path, card_fields: dict) -> None:
+    """Model (safetensors + code + auto_map), tokenizer and model card into `output_dir`."""
+    state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        unwrapped.save_pretrained(output_dir, state_dict=state_dict)
+        tokenizer.save_pretrained(output_dir)
+        parameters = sum(p.numel() for p in unwrapped.parameters())
+        card = model_card(unwrapped.config, parameters=parameters, conditions=tokenizer.composers, **card_fields)
+        card.save(output_dir / "README.md")
+    accelerator.wait_for_everyone()
+
+
+def push(output_dir: Path, train_args: TrainArguments, message: str):
+    """Start uploading the model folder in the background; returns the upload's future."""
+    api = HfApi()
+    api.create_repo(train_args.hub_model_id, private=train_args.hub_private, exist_ok=True)
+    return api.upload_folder(
+        repo_id=train_args.hub_model_id,
+        folder_path=output_dir,
+        commit_message=message,
+        ignore_patterns=["checkpoint-*", ".checkpoint-*"],
+        run_as_future=True,
+    )
+
+
+def log_metrics(accelerator, output_dir: Path, step: int, values: dict) -> None:
+    """To the trackers and, for scripts and plots, as one JSON line in metrics.jsonl."""
+    accelerator.log(values, step=step)
+    if accelerator.is_main_process:
+        with open(output_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps({"step": step, **values}) + "\n")
+
+
+def trim_metrics(output_dir: Path, step: int) -> None:
+    """Drop what a killed run logged after the checkpoint it resumes from."""
+    path = output_dir / "metrics.jsonl"
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in lines))
+
+
+def main(argv: list[str] | None = None) -> None:
+    model_args, data_args, train_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    output_dir = Path(train_args.output_dir)
+    trackers = [] if train_args.report_to == "none" else train_args.report_to.split(",")
+    accelerator = Accelerator(
+        # `accelerate launch` does not pass a config's `use_cpu` to multi-process runs.
+        cpu=not torch.cuda.is_available(),
+        gradient_accumulation_steps=train_args.gradient_accumulation_steps,
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
+    )
+    logger.info(accelerator.state, main_process_only=False)
+    set_seed(train_args.seed)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        remove_partial_checkpoints(output_dir)
+    accelerator.wait_for_everyone()
+
+    checkpoint = None
+    if train_args.resume_from_checkpoint:
+        checkpoint = resolve_checkpoint(output_dir, train_args.resume_from_checkpoint)
+        if checkpoint is None:
+            logger.info("no checkpoint in %s yet: starting from scratch", output_dir)
+    # A checkpoint holds its tokenizer: a resumed run cannot drift to another vocabulary.
+    tokenizer = (
+        MusicTokenizer.from_pretrained(checkpoint)
+        if checkpoint
+        else load_tokenizer(accelerator, model_args, data_args, output_dir)
+    )
+    config = modeling.build_config(model_args.family, model_args.preset, tokenizer, **config_overrides(model_args))
+    model = AutoModelForCausalLM.from_config(config)
+    logger.info(
+        "%s %s: %.2fM parameters, vocabulary %d",
+        model_args.family,
+        model_args.preset,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        len(tokenizer),
+    )
+
+    tokens_per_step = (
+        data_args.block_size
+        * train_args.per_device_train_batch_size
+        * train_args.gradient_accumulation_steps
+        * accelerator.num_processes
+    )
+    max_steps = (
+        math.ceil(train_args.max_train_tokens / tokens_per_step)
+        if train_args.max_train_tokens
+        else train_args.max_steps
+    )
+    optimizer = build_optimizer(model, train_args)
+    # Stepped by hand once per optimizer step: a prepared scheduler steps once per process.
+    scheduler = get_scheduler(
+        train_args.lr_scheduler_type, optimizer, num_warmup_steps=train_args.warmup_steps, num_training_steps=max_steps
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+
+    # Not prepared: every process reads its own share (rank, world_size) and keeps its own position.
+    loader = train_loader(tokenizer, data_args, train_args, accelerator)
+    evaluation, notes = eval_batches(tokenizer, data_args, train_args, accelerator)
+
+    state = {"tokens": 0, "step": 0}
+    if checkpoint is not None:
+        state, rank_state = load_checkpoint(accelerator, checkpoint)
+        loader.load_state_dict(rank_state["data"])
+        logger.info("resumed from %s at step %d (%d tokens)", checkpoint, state["step"], state["tokens"])
+    start = state["step"]
+    if accelerator.is_main_process:
+        trim_metrics(output_dir, start)
+
+    run_config = {
+        **dataclasses.asdict(model_args),
+        **dataclasses.asdict(data_args),
+        **dataclasses.asdict(train_args),
+        "max_steps": max_steps,
+        "num_processes": accelerator.num_processes,
+    }
+    accelerator.init_trackers(
+        "train", config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in run_config.items()}
+    )
+    card_fields = {
+        "sources": data_args.sources,
+        "training": {k: run_config[k] for k in CARD_SETTINGS} | {"tokens_per_step": tokens_per_step},
+        "repo_id": train_args.hub_model_id,
+        "license": train_args.license,
+    }
+    uploads = []
+
+    def checkpoint_and_export(step: int, metrics: dict) -> None:
+        save_checkpoint(
+            accelerator,
+            output_dir,
+            step,
+            state,
+            {"data": loader.state_dict()},
+            train_args.save_total_limit,
+            save_extra=tokenizer.save_pretrained,
+        )
+        if train_args.export_at_checkpoints or step == max_steps:
+            export(
+                accelerator,
+                model,
+                tokenizer,
+                output_dir,
+                card_fields | {"metrics": metrics, "tokens_trained": state["tokens"]},
+            )
+            if train_args.push_to_hub and accelerator.is_main_process:
+                uploads.append(push(output_dir, train_args, f"step {step}"))
+
+    data_digest = hashlib.sha1()
+    batches = iter(loader)
+    progress = tqdm(total=max_steps, initial=start, desc="training", disable=not accelerator.is_local_main_process)
+    metrics: dict = {}
+    running_loss, running_steps, running_seconds = torch.zeros((), device=accelerator.device), 0, 0.0
+    model.train()
+    for step in range(start + 1, max_steps + 1):
+        started = time.perf_counter()
+        for _ in range(train_args.gradient_accumulation_steps):
+            batch = next(batches)
+            data_digest.update(batch["input_ids"].numpy().tobytes())
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and train_args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), train_args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            running_loss += loss.detach() / train_args.gradient_accumulation_steps
+        scheduler.step()
+        state["tokens"] += tokens_per_step
+        running_steps += 1
+        running_seconds += time.perf_counter() - started
+        progress.update(1)
+
+        if step % train_args.logging_steps == 0 or step == max_steps:
+            train_loss = accelerator.reduce(running_loss, reduction="mean").item() / running_steps
+            values = {
+                "train/loss": train_loss,
+                "train/learning_rate": scheduler.get_last_lr()[0],
+                "train/tokens": state["tokens"],
+                "train/tokens_per_second": tokens_per_step * running_steps / running_seconds,
+            }
+            running_loss.zero_()
+            running_steps, running_seconds = 0, 0.0
+            progress.set_postfix(loss=f"{train_loss:.3f}", lr=f"{values['train/learning_rate']:.2e}")
+            log_metrics(accelerator, output_dir, step, values)
+        if (train_args.eval_steps and step % train_args.eval_steps == 0) or step == max_steps:
+            metrics = evaluate(model, evaluation, accelerator, notes)
+            log_metrics(accelerator, output_dir, step, {f"eval/{k}": v for k, v in metrics.items()})
+            logger.info(
+                "step %d: eval bits/token %.4f, bits/note %.4f",
+                step,
+                metrics["bits_per_token"],
+                metrics["bits_per_note"],
+            )
+        if (train_args.save_steps and step % train_args.save_steps == 0) or step == max_steps:
+            checkpoint_and_export(step, {f"eval_{k}": v for k, v in metrics.items()} | {"step": step})
+    progress.close()
+
+    logger.info(
+        "rank %d: %s; data digest %s; parameter digest %s",
+        accelerator.process_index,
+        skip_summary(loader.dataset.skipped) if data_args.num_workers == 0 else "skips are logged by the workers",
+        data_digest.hexdigest()[:12],
+        parameter_digest(accelerator.unwrap_model(model)),
+        main_process_only=False,
+    )
+    accelerator.end_training()
+    for upload in uploads:
+        upload.result()
+    if accelerator.is_main_process:
+        logger.info("model, tokenizer and model card saved to %s", output_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""scripts/train.py end to end on the bundled corpus: two CPU processes under
+`accelerate launch`, exact resume after SIGKILL, checkpoints that survive a kill while
+being written, the exported folder, and bad input."""
+
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from huggingface_hub import ModelCard
+from transformers import AutoModelForCausalLM, GPT2Config
+
+import modeling
+from modeling.training import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from tokenization import BlockCollator, MusicTokenizer, TokenBlockStream, load_source
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = ["--report_to", "none", "--logging_steps", "1"]
+DIGESTS = re.compile(r"rank (\d): .*; data digest (\w+); parameter digest (\w+)")
+
+
+def train(*args: str, launcher: tuple[str, ...] = (sys.executable,), **popen) -> subprocess.CompletedProcess:
+    command = [*launcher, "scripts/train.py", *args, *QUIET]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, **popen)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def metrics(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(output_dir: Path) -> dict[int, float]:
+    return {row["step"]: row["train/loss"] for row in metrics(output_dir) if "train/loss" in row}
+
+
+def eval_metrics(output_dir: Path) -> list[dict]:
+    return [row for row in metrics(output_dir) if "eval/loss" in row]
+
+
+def rank_blocks_digest(tokenizer: MusicTokenizer, rank: int, batches: int, batch_size: int, block_size: int) -> str:
+    """The data digest train.py logs, for what rank `rank` of 2 should read (no shuffling)."""
+    stream = TokenBlockStream(
+        load_source("bundled", "train"), tokenizer, block_size, rank=rank, world_size=2, loop=True
+    )
+    loader = torch.utils.data.DataLoader(
+        stream, batch_size=batch_size, collate_fn=BlockCollator(tokenizer.pad_token_id)
+    )
+    digest = hashlib.sha1()
+    for _, batch in zip(range(batches), loader, strict=False):
+        digest.update(batch["input_ids"].numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory) -> tuple[Path, str]:
+    output_dir = tmp_path_factory.mktemp("two_processes")
+    launcher = (
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        "accelerate_configs/cpu_2proc.yaml",
+    )
+    result = train(
+        "scripts/configs/transformer-tiny.yaml",
+        *("--output_dir", str(output_dir), "--max_steps", "16", "--eval_steps", "8", "--save_steps", "8"),
+        *("--shuffle_buffer", "0", "--condition_dropout", "0", "--learning_rate", "3e-3", "--warmup_steps", "2"),
+        launcher=launcher,
+    )
+    return output_dir, result.stderr
+
+
+def test_two_cpu_processes_read_different_files_and_stay_in_sync(two_process_run):
+    output_dir, log = two_process_run
+    ranks = {int(rank): (data, params) for rank, data, params in DIGESTS.findall(log)}
+    assert sorted(ranks) == [0, 1], log[-3000:]
+    assert ranks[0][1] == ranks[1][1], "parameters differ across ranks: gradients were not synchronised"
+    tokenizer = MusicTokenizer.from_pretrained(output_dir)
+    expected = [rank_blocks_digest(tokenizer, rank, batches=16, batch_size=4, block_size=256) for rank in (0, 1)]
+    assert expected[0] != expected[1]  # the two shares hold different files
+    assert [ranks[0][0], ranks[1][0]] == expected  # and each process read exactly its own share
+    losses = train_losses(output_dir)
+    assert sorted(losses) == list(range(1, 17))
+    assert sum(list(losses.values())[-4:]) / 4 < losses[1] - 0.3
+    evals = [row["eval/bits_per_token"] for row in eval_metrics(output_dir)]
+    assert len(evals) == 2 and evals[1] < evals[0]
+
+
+def test_export_folder_loads_with_auto_classes_and_has_a_model_card(two_process_run):
+    output_dir, _ = two_process_run
+    model = AutoModelForCausalLM.from_pretrained(output_dir)
+    tokenizer = MusicTokenizer.from_pretrained(output_dir)
+    assert model.config.vocab_size == len(tokenizer) and model.config.n_layer == 2
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.library_name == "transformers" and card.data.license == "mit"
+    assert "midi-generation" in card.data.tags and "bits_per_note" in card.text
+    final = eval_metrics(output_dir)[-1]
+    assert f"{final['eval/bits_per_token']:.4f}" in card.text  # the card reports the run's own figures
+    assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-8", "checkpoint-16"]
+
+
+@pytest.mark.parametrize("family", ["mamba", "xlstm"])
+def test_resume_after_sigkill_continues_exactly(family, tmp_path):
+    """Kill the run right after its step-6 checkpoint; the resumed run must log the same
+    losses as an uninterrupted one (model, optimizer, scheduler, RNG, data position)."""
+    args = [f"scripts/configs/{family}-tiny.yaml", "--max_steps", "10", "--save_steps", "3", "--eval_steps", "5"]
+    args += ["--num_workers", "1", "--block_size", "128"]  # a DataLoader worker: its position is restored too
+    train(*args, "--output_dir", str(tmp_path / "straight"))
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, "scripts/train.py", *args, *QUIET, "--output_dir", str(killed)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoint-6").is_dir() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert resolve_checkpoint(killed, "latest").name in ("checkpoint-6", "checkpoint-9")
+
+    result = train(*args, "--output_dir", str(killed), "--resume_from_checkpoint", "latest")
+    assert "resumed from" in result.stderr
+    assert train_losses(killed) == train_losses(tmp_path / "straight")
+    assert eval_metrics(killed) == eval_metrics(tmp_path / "straight")
+    # The export carries the model's code (Hub remote code) and loads through the Auto classes.
+    model = AutoModelForCausalLM.from_pretrained(killed)
+    assert type(model).__name__ == {"mamba": "MusicMambaForCausalLM", "xlstm": "MusicXLSTMForCausalLM"}[family]
+    assert (killed / f"modeling_music_{family}.py").is_file() and "auto_map" in (killed / "config.json").read_text()
+
+
+def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    accelerator = Accelerator(cpu=True)
+    model = AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32))
+    optimizer = torch.optim.AdamW(model.parameters())
+    model, optimizer = accelerator.prepare(model, optimizer)
+    save_checkpoint(accelerator, tmp_path, 1, {"tokens": 10}, {"data": {"position": 1}}, keep=2)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def killed_midway(output_dir, **kwargs):
+        (Path(output_dir) / "model.safetensors").write_bytes(b"half a file")
+        raise KeyboardInterrupt  # stands for the kill: nothing after this line runs
+
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    monkeypatch.setattr(accelerator, "save_state", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(accelerator, tmp_path, 2, {"tokens": 20}, {"data": {"position": 2}}, keep=2)
+    monkeypatch.undo()
+
+    latest = resolve_checkpoint(tmp_path, "latest")
+    assert latest.name == "checkpoint-1" and (tmp_path / ".checkpoint-2.tmp").is_dir()
+    state, rank_state = load_checkpoint(accelerator, latest)
+    assert state["tokens"] == 10 and rank_state == {"data": {"position": 1}}
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    save_checkpoint(accelerator, tmp_path, 2, {"tokens": 20}, {"data": {"position": 2}}, keep=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2"]
+    assert not (tmp_path / ".checkpoint-2.tmp").exists()
+
+
+@functools.cache
+def load_train_script():
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "scripts" / "train.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["scripts/configs/transformer-tiny.yaml", "--family", "rnn"], "unknown model family 'rnn': choose one of"),
+        (["scripts/configs/mamba-tiny.yaml", "--preset", "huge"], "unknown preset 'huge': choose one of tiny"),
+        (["--sources", "/nowhere/midi"], "MIDI source '/nowhere/midi' not found"),
+        (["scripts/configs/nothing.yaml"], "preset scripts/configs/nothing.yaml not found"),
+        (["--config_overrides", "[1, 2]"], "--config_overrides must be a mapping"),
+        (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
+        (["--resume_from_checkpoint", "/nowhere/checkpoint-5"], "is not a complete checkpoint"),
+        (["--sources", "bundled:lakh"], "has no MIDI files in its validation split"),
+        (["--learnig_rate", "1"], "unknown argument(s) --learnig_rate 1"),
+    ],
+)
+def test_bad_arguments_fail_at_start_with_a_clear_message(argv, message, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit) as exit_info:
+        load_train_script().parse_arguments(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_key_in_a_preset_names_it(tmp_path, capsys):
+    preset = tmp_path / "preset.yaml"
+    preset.write_text("family: mamba\nlearnig_rate: 0.1\n")
+    with pytest.raises(SystemExit):
+        load_train_script().parse_arguments([str(preset)])
+    error = capsys.readouterr().err
+    assert "unknown key(s) learnig_rate" in error and "learning_rate" in error
+
+
+def test_every_shipped_preset_parses_and_builds_its_model():
+    train_script = load_train_script()
+    tokenizer = MusicTokenizer(composers=["bach"])
+    presets = sorted((ROOT / "scripts" / "configs").glob("*.yaml"))
+    assert len(presets) == 9
+    for preset in presets:
+        parser = train_script.HfArgumentParser(train_script.ARGUMENT_CLASSES)
+        model_args, _, train_args = parser.parse_yaml_file(str(preset))  # unknown keys fail here
+        config = modeling.build_config(model_args.family, model_args.preset, tokenizer)
+        assert preset.stem == f"{model_args.family}-{model_args.preset}" and config.vocab_size == len(tokenizer)
+        assert train_args.output_dir == f"outputs/{preset.stem}"
+
+
+def test_a_fresh_run_refuses_an_output_dir_with_checkpoints(two_process_run, capsys):
+    output_dir, _ = two_process_run
+    with pytest.raises(SystemExit):
+        load_train_script().parse_arguments(["--output_dir", str(output_dir)])
+    assert "already holds checkpoints: continue with --resume_from_checkpoint latest" in capsys.readouterr().err
+
+
+def test_push_uploads_the_model_folder_in_the_background(tmp_path, monkeypatch):
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id, kwargs))
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload_folder", kwargs))
+            return "future"
+
+    train_script = load_train_script()
+    monkeypatch.setattr(train_script, "HfApi", FakeApi)
+    args = train_script.TrainArguments(push_to_hub=True, hub_model_id="me/mamba-midi", hub_private=True)
+    assert train_script.push(tmp_path, args, "step 5") == "future"
+    assert calls[0] == ("create_repo", "me/mamba-midi", {"private": True, "exist_ok": True})
+    upload = calls[1][1]
+    assert upload["repo_id"] == "me/mamba-midi" and upload["folder_path"] == tmp_path
+    assert upload["run_as_future"] is True and "checkpoint-*" in upload["ignore_patterns"]
