@@ -53,7 +53,7 @@ def model_card(
         template_path=str(TEMPLATE),
         model_name=name,
         family_name=FAMILY_NAMES.get(config.model_type, config.model_type),
-        parameters=f"{parameters / 1e6:.1f}M",
+        parameters=f"{parameters / 1e6:.3g}M",
         repo_id=repo_id or "path/to/this/folder",
         condition_name="composer",
         condition_count=len(conditions),

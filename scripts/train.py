@@ -239,6 +239,8 @@ def eval_batches(tokenizer, data_args: DataArguments, train_args: TrainArguments
     blocks, notes, skipped = evaluation_blocks(
         source, tokenizer, data_args.block_size, max_files=data_args.eval_max_files
     )
+    if not blocks:
+        raise ValueError(f"no usable validation pieces in {', '.join(data_args.sources)} ({skip_summary(skipped)})")
     logger.info("validation: %d blocks, %d notes; %s", len(blocks), notes, skip_summary(skipped))
     mine = blocks[accelerator.process_index :: accelerator.num_processes]
     collate = BlockCollator(tokenizer.pad_token_id)
@@ -269,8 +271,7 @@ def export(accelerator, model, tokenizer, output_dir: Path, card_fields: dict) -
     if accelerator.is_main_process:
         unwrapped.save_pretrained(output_dir, state_dict=state_dict)
         tokenizer.save_pretrained(output_dir)
-        parameters = sum(p.numel() for p in unwrapped.parameters())
-        card = model_card(unwrapped.config, parameters=parameters, conditions=tokenizer.composers, **card_fields)
+        card = model_card(unwrapped.config, conditions=tokenizer.composers, **card_fields)
         card.save(output_dir / "README.md")
     accelerator.wait_for_everyone()
 
@@ -336,11 +337,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     config = modeling.build_config(model_args.family, model_args.preset, tokenizer, **config_overrides(model_args))
     model = AutoModelForCausalLM.from_config(config)
+    parameters = sum(p.numel() for p in model.parameters())
     logger.info(
         "%s %s: %.2fM parameters, vocabulary %d",
         model_args.family,
         model_args.preset,
-        sum(p.numel() for p in model.parameters()) / 1e6,
+        parameters / 1e6,
         len(tokenizer),
     )
 
@@ -388,6 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     card_fields = {
         "sources": data_args.sources,
+        "parameters": parameters,
         "training": {k: run_config[k] for k in CARD_SETTINGS} | {"tokens_per_step": tokens_per_step},
         "repo_id": train_args.hub_model_id,
         "license": train_args.license,
