@@ -94,10 +94,15 @@ def save_checkpoint(
     return final
 
 
+def read_trainer_state(path: str | Path) -> dict:
+    """The shared state a checkpoint was saved with (step, tokens, world size, ...)."""
+    return json.loads((Path(path) / TRAINER_STATE).read_text())
+
+
 def load_checkpoint(accelerator: Accelerator, path: str | Path) -> tuple[dict, dict]:
     """Restore what `save_checkpoint` wrote; return (shared state, this rank's state)."""
     path = Path(path)
-    state = json.loads((path / TRAINER_STATE).read_text())
+    state = read_trainer_state(path)
     if state["world_size"] != accelerator.num_processes:
         raise ValueError(
             f"{path} was written by {state['world_size']} processes and this run has {accelerator.num_processes}: "

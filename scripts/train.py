@@ -44,6 +44,7 @@ from modeling.training import (
     list_checkpoints,
     load_checkpoint,
     parameter_digest,
+    read_trainer_state,
     remove_partial_checkpoints,
     resolve_checkpoint,
     save_checkpoint,
@@ -329,6 +330,12 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint = resolve_checkpoint(output_dir, train_args.resume_from_checkpoint)
         if checkpoint is None:
             logger.info("no checkpoint in %s yet: starting from scratch", output_dir)
+    model_name = f"{model_args.family}-{model_args.preset} {config_overrides(model_args) or ''}".strip()
+    if checkpoint and read_trainer_state(checkpoint)["model"] != model_name:
+        raise ValueError(
+            f"{checkpoint} holds a {read_trainer_state(checkpoint)['model']} model, this run asks for {model_name}: "
+            "resume with the run's own preset and overrides"
+        )
     # A checkpoint holds its tokenizer: a resumed run cannot drift to another vocabulary.
     tokenizer = (
         MusicTokenizer.from_pretrained(checkpoint)
@@ -369,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
     loader = train_loader(tokenizer, data_args, train_args, accelerator)
     evaluation, notes = eval_batches(tokenizer, data_args, train_args, accelerator)
 
-    state = {"tokens": 0, "step": 0}
+    state = {"tokens": 0, "step": 0, "model": model_name}
     if checkpoint is not None:
         state, rank_state = load_checkpoint(accelerator, checkpoint)
         loader.load_state_dict(rank_state["data"])

@@ -132,6 +132,15 @@ def test_resume_after_sigkill_continues_exactly(family, tmp_path):
     assert "resumed from" in result.stderr
     assert train_losses(killed) == train_losses(tmp_path / "straight")
     assert eval_metrics(killed) == eval_metrics(tmp_path / "straight")
+    other = "xlstm" if family == "mamba" else "mamba"
+    wrong = subprocess.run(
+        [sys.executable, "scripts/train.py", *args, "--family", other, "--output_dir", str(killed)]
+        + ["--resume_from_checkpoint", "latest", "--max_steps", "12"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert wrong.returncode != 0 and f"holds a {family}-tiny model, this run asks for {other}-tiny" in wrong.stderr
     # The export carries the model's code (Hub remote code) and loads through the Auto classes.
     model = AutoModelForCausalLM.from_pretrained(killed)
     assert type(model).__name__ == {"mamba": "MusicMambaForCausalLM", "xlstm": "MusicXLSTMForCausalLM"}[family]
