@@ -236,7 +236,7 @@ def train_loader(tokenizer, data_args: DataArguments, train_args: TrainArguments
 
 def eval_batches(tokenizer, data_args: DataArguments, train_args: TrainArguments, accelerator):
     """This process's share of the validation blocks, as batches, and the notes of the whole set."""
-    source = mix_sources(data_args.sources, "validation")
+    source = mix_sources(data_args.sources, "validation", repeat=False)
     blocks, notes, skipped = evaluation_blocks(
         source, tokenizer, data_args.block_size, max_files=data_args.eval_max_files
     )

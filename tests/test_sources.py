@@ -114,6 +114,9 @@ def test_mixed_sources_draw_from_each_until_all_are_read():
     lakh = {f.path for f in list_midi_files("bundled:lakh", "train")}
     assert set(rows) == classical | lakh  # every file of both, the smaller source repeated meanwhile
     assert sum(path in lakh for path in rows) > len(lakh)
+    once = [row["path"] for row in mix_sources(["bundled", "bundled:lakh"], "train", repeat=False)]
+    assert sorted(once) == sorted(classical | lakh)  # evaluation: every file exactly once
+    assert any(path in lakh for path in once[:4])  # drawn from both sources from the start
     assert [row["path"] for row in mix_sources(["bundled"], "test")] == [
         f.path for f in list_midi_files("bundled", "test")
     ]

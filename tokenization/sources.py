@@ -167,11 +167,17 @@ def load_source(
 
 
 def mix_sources(
-    uris: list[str], split: str | None = None, weights: list[float] | None = None, *, seed: int = 0
+    uris: list[str],
+    split: str | None = None,
+    weights: list[float] | None = None,
+    *,
+    seed: int = 0,
+    repeat: bool = True,
 ) -> IterableDataset:
     """Several sources as one stream: each next file comes from source i with probability
-    `weights[i]` (normalised; default equal), until every source has been read once
-    (smaller sources repeat meanwhile). One source is returned as it is."""
+    `weights[i]` (normalised; default equal), until every source has been read once.
+    `repeat=True` (training) repeats the smaller sources meanwhile; `repeat=False`
+    (evaluation) reads every file exactly once. One source is returned as it is."""
     if weights and len(weights) != len(uris):
         raise ValueError(f"{len(weights)} source weights for {len(uris)} sources: give one weight per source")
     if weights and (min(weights) < 0 or sum(weights) <= 0):
@@ -181,7 +187,8 @@ def mix_sources(
         return sources[0]
     total = sum(weights) if weights else len(sources)
     probabilities = [w / total for w in weights] if weights else None
-    return interleave_datasets(sources, probabilities, seed=seed, stopping_strategy="all_exhausted")
+    strategy = "all_exhausted" if repeat else "all_exhausted_without_replacement"
+    return interleave_datasets(sources, probabilities, seed=seed, stopping_strategy=strategy)
 
 
 def tokenizer_for_sources(uris: list[str], bpe_vocab_size: int = 0, bpe_max_files: int = 2000) -> MusicTokenizer:
