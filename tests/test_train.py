@@ -120,11 +120,16 @@ def test_resume_after_sigkill_continues_exactly(family, tmp_path):
 
     killed = tmp_path / "killed"
     command = [sys.executable, "scripts/train.py", *args, *QUIET, "--output_dir", str(killed)]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (killed / "checkpoint-6").is_dir() and process.poll() is None and time.monotonic() < deadline:
+    # Its own process group: the kill takes the DataLoader worker too, as a job scheduler does.
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 900
+    while not (killed / "checkpoint-6").is_dir():
+        assert process.poll() is None, "the run ended before writing its step-6 checkpoint"
+        assert time.monotonic() < deadline, "no step-6 checkpoint after 15 minutes"
         time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert resolve_checkpoint(killed, "latest").name in ("checkpoint-6", "checkpoint-9")
 
