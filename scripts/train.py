@@ -31,7 +31,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from huggingface_hub import HfApi
 from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
@@ -178,6 +178,20 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, train_
                 )
     if data_args.source_weights and len(data_args.source_weights) != len(data_args.sources):
         raise ValueError("--source_weights needs one weight per source")
+    if data_args.block_size < 2:
+        raise ValueError(f"--block_size must be at least 2 (an input and a target), got {data_args.block_size}")
+    counts = {
+        "per_device_train_batch_size": train_args.per_device_train_batch_size,
+        "per_device_eval_batch_size": train_args.per_device_eval_batch_size,
+        "gradient_accumulation_steps": train_args.gradient_accumulation_steps,
+        "max_steps": train_args.max_train_tokens or train_args.max_steps,
+        "logging_steps": train_args.logging_steps,
+    }
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"--{name} must be a positive number, got {value}")
+    if not 0.0 <= data_args.condition_dropout <= 1.0:
+        raise ValueError(f"--condition_dropout is a probability, got {data_args.condition_dropout}")
     if train_args.push_to_hub and not train_args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id <user>/<name>")
     if train_args.resume_from_checkpoint not in (None, "latest"):
@@ -476,12 +490,13 @@ def main(argv: list[str] | None = None) -> None:
             checkpoint_and_export(step, {f"eval_{k}": v for k, v in metrics.items()} | {"step": step})
     progress.close()
 
+    sharded = accelerator.distributed_type == DistributedType.FSDP  # each rank holds a slice of the weights
     logger.info(
         "rank %d: %s; data digest %s; parameter digest %s",
         accelerator.process_index,
         skip_summary(loader.dataset.skipped) if data_args.num_workers == 0 else "skips are logged by the workers",
         data_digest.hexdigest()[:12],
-        parameter_digest(accelerator.unwrap_model(model)),
+        "n/a (sharded)" if sharded else parameter_digest(accelerator.unwrap_model(model)),
         main_process_only=False,
     )
     accelerator.end_training()

@@ -201,6 +201,9 @@ def load_train_script():
         (["--resume_from_checkpoint", "/nowhere/checkpoint-5"], "is not a complete checkpoint"),
         (["--sources", "bundled:lakh"], "has no MIDI files in its validation split"),
         (["--learnig_rate", "1"], "unknown argument(s) --learnig_rate 1"),
+        (["--block_size", "1"], "--block_size must be at least 2 (an input and a target), got 1"),
+        (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be a positive number, got 0"),
+        (["--condition_dropout", "1.5"], "--condition_dropout is a probability, got 1.5"),
     ],
 )
 def test_bad_arguments_fail_at_start_with_a_clear_message(argv, message, capsys, monkeypatch):
