@@ -4,25 +4,22 @@ is, how to use it, its data, metrics and settings (template: `music_model.md`)."
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 from transformers import PreTrainedConfig
 
+from tokenization.sources import resolve
+
 TEMPLATE = Path(__file__).with_name("music_model.md")
 FAMILY_NAMES = {"gpt2": "GPT-2 Transformer", "music_mamba": "Mamba-2", "music_xlstm": "xLSTM"}
-_HUB_DATASET = re.compile(r"^(?:hf://datasets/)?([\w.-]+/[\w.-]+)$")
+HUB = "hf://datasets/"
 
 
 def hub_datasets(sources: list[str]) -> list[str]:
     """The Hub dataset ids among `sources` (local folders and the bundled corpus have none)."""
-    ids = []
-    for source in sources:
-        match = _HUB_DATASET.match(source.split(":", 1)[1] if source.startswith(("classical:", "lakh:")) else source)
-        if match and not Path(source).exists():
-            ids.append(match.group(1))
-    return ids
+    urls = (resolve(source)[0] for source in sources)
+    return ["/".join(url.removeprefix(HUB).split("/")[:2]) for url in urls if url.startswith(HUB)]
 
 
 def model_card(

@@ -57,6 +57,7 @@ from tokenization import (
     list_midi_files,
     mix_sources,
     skip_summary,
+    split_of,
     tokenizer_for_sources,
 )
 
@@ -170,8 +171,9 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, train_
         raise ValueError(f"unknown preset {model_args.preset!r}: choose one of {', '.join(presets)}")
     config_overrides(model_args)
     for source in data_args.sources:
-        for split in ("train", "validation"):  # raises with the accepted forms when the source does not exist
-            if not list_midi_files(source, split):
+        splits = {split_of(f.path) for f in list_midi_files(source)}  # raises when the source does not exist
+        for split in ("train", "validation"):
+            if split not in splits:
                 raise ValueError(
                     f"source {source!r} has no MIDI files in its {split} split (files go to train, validation and "
                     "test by a hash of their path, 90/5/5 %): give a larger source"
@@ -344,10 +346,12 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint = resolve_checkpoint(output_dir, train_args.resume_from_checkpoint)
         if checkpoint is None:
             logger.info("no checkpoint in %s yet: starting from scratch", output_dir)
-    model_name = f"{model_args.family}-{model_args.preset} {config_overrides(model_args) or ''}".strip()
-    if checkpoint and read_trainer_state(checkpoint)["model"] != model_name:
+    overrides = config_overrides(model_args)
+    model_name = f"{model_args.family}-{model_args.preset} {overrides or ''}".strip()
+    saved_model = read_trainer_state(checkpoint)["model"] if checkpoint else model_name
+    if saved_model != model_name:
         raise ValueError(
-            f"{checkpoint} holds a {read_trainer_state(checkpoint)['model']} model, this run asks for {model_name}: "
+            f"{checkpoint} holds a {saved_model} model, this run asks for {model_name}: "
             "resume with the run's own preset and overrides"
         )
     # A checkpoint holds its tokenizer: a resumed run cannot drift to another vocabulary.
@@ -356,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
         if checkpoint
         else load_tokenizer(accelerator, model_args, data_args, output_dir)
     )
-    config = modeling.build_config(model_args.family, model_args.preset, tokenizer, **config_overrides(model_args))
+    config = modeling.build_config(model_args.family, model_args.preset, tokenizer, **overrides)
     model = AutoModelForCausalLM.from_config(config)
     parameters = sum(p.numel() for p in model.parameters())
     logger.info(

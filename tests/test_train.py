@@ -21,6 +21,7 @@ from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, GPT2Config
 
 import modeling
+from model_cards import hub_datasets
 from modeling.training import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from tokenization import BlockCollator, MusicTokenizer, TokenBlockStream, load_source
 
@@ -262,3 +263,8 @@ def test_push_uploads_the_model_folder_in_the_background(tmp_path, monkeypatch):
     upload = calls[1][1]
     assert upload["repo_id"] == "me/mamba-midi" and upload["folder_path"] == tmp_path
     assert upload["run_as_future"] is True and "checkpoint-*" in upload["ignore_patterns"]
+
+
+def test_model_card_lists_the_hub_datasets_among_the_sources():
+    sources = ["drengskapur/midi-classical-music", "hf://datasets/me/lakh/clean_midi", "lakh:me/other", "bundled"]
+    assert hub_datasets([*sources, str(ROOT)]) == ["drengskapur/midi-classical-music", "me/lakh", "me/other"]
