@@ -119,8 +119,20 @@ class TokenBlockStream(torch.utils.data.IterableDataset):
 
     def state_dict(self) -> dict:
         """Plain Python values only (the random state as a tuple), so that checkpoints load
-        with `torch.load(weights_only=True)` as accelerate does."""
-        return copy.deepcopy({**self._state, "rng": self._state["rng"].getstate()})
+        with `torch.load(weights_only=True)` as accelerate does.
+
+        The DataLoader asks for it after every batch, so it copies only what changes: the
+        buffered blocks themselves are never modified, and the buffer holds hundreds of them.
+        """
+        state = self._state
+        return {
+            **state,
+            "source": copy.deepcopy(state["source"]),
+            "carry": list(state["carry"]),
+            "buffer": list(state["buffer"]),
+            "skipped": Counter(state["skipped"]),
+            "rng": state["rng"].getstate(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         rng = random.Random()
