@@ -14,7 +14,6 @@ new token does not depend on how many came before.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +21,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.utils import ModelOutput
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_music_mamba import MusicMambaConfig
 
@@ -221,16 +220,6 @@ class MusicMambaBlock(nn.Module):
         return hidden_states + self.mixer(self.norm(hidden_states), cache, padding)
 
 
-@dataclass
-class MusicMambaCausalLMOutput(ModelOutput):
-    """Loss, logits, and the recurrent `cache` to continue from."""
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    cache: Cache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-
-
 class MusicMambaPreTrainedModel(PreTrainedModel):
     config: MusicMambaConfig
     config_class = MusicMambaConfig
@@ -312,15 +301,6 @@ class MusicMambaForCausalLM(MusicMambaPreTrainedModel, GenerationMixin):
     def set_input_embeddings(self, embeddings: nn.Embedding) -> None:
         self.backbone.set_input_embeddings(embeddings)
 
-    def prepare_inputs_for_generation(
-        self, input_ids, cache=None, use_cache=None, attention_mask=None, is_first_iteration=False, **kwargs
-    ):
-        """The first call feeds the whole (possibly left-padded) prompt; later ones only the
-        newest token (the state holds the rest)."""
-        if use_cache and cache is not None and not is_first_iteration:
-            input_ids = input_ids[:, -1:]
-        return {"input_ids": input_ids, "cache": cache, "use_cache": use_cache, "attention_mask": attention_mask}
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -332,7 +312,7 @@ class MusicMambaForCausalLM(MusicMambaPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         logits_to_keep: int = 0,
         **kwargs,
-    ) -> MusicMambaCausalLMOutput:
+    ) -> CausalLMOutputWithPast:
         """`attention_mask`: pad tokens (0) leave the recurrent state untouched, so left-padded
         prompts generate as if unpadded; packed training blocks need no mask."""
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
@@ -345,7 +325,7 @@ class MusicMambaForCausalLM(MusicMambaPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return MusicMambaCausalLMOutput(
+        return CausalLMOutputWithPast(
             loss=loss, logits=logits, cache=cache if use_cache else None, hidden_states=all_hidden_states
         )
 

@@ -16,14 +16,13 @@ y, c, n, m) in a `MusicXLSTMCache`: the cost of a new token does not depend on t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from mlstm_kernels.torch.backend_module import mLSTMBackend, mLSTMBackendConfig
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from xlstm.blocks.slstm.block import sLSTMBlock, sLSTMBlockConfig
 from xlstm.blocks.slstm.layer import sLSTMLayerConfig
 from xlstm.components.feedforward import FeedForwardConfig
@@ -148,16 +147,6 @@ class MusicXLSTMSLSTMBlock(nn.Module):
         return x, (last["conv_state"], last["slstm_state"])
 
 
-@dataclass
-class MusicXLSTMCausalLMOutput(ModelOutput):
-    """Loss, logits, and the recurrent `cache` to continue from."""
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    cache: MusicXLSTMCache | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-
-
 class MusicXLSTMPreTrainedModel(PreTrainedModel):
     config: MusicXLSTMConfig
     config_class = MusicXLSTMConfig
@@ -240,12 +229,6 @@ class MusicXLSTMForCausalLM(MusicXLSTMPreTrainedModel, GenerationMixin):
     def set_input_embeddings(self, embeddings: nn.Embedding) -> None:
         self.backbone.set_input_embeddings(embeddings)
 
-    def prepare_inputs_for_generation(self, input_ids, cache=None, use_cache=None, is_first_iteration=False, **kwargs):
-        """The first call feeds the whole prompt; later ones only the newest token (the state holds the rest)."""
-        if use_cache and cache is not None and not is_first_iteration:
-            input_ids = input_ids[:, -1:]
-        return {"input_ids": input_ids, "cache": cache, "use_cache": use_cache}
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -257,7 +240,7 @@ class MusicXLSTMForCausalLM(MusicXLSTMPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         logits_to_keep: int = 0,
         **kwargs,
-    ) -> MusicXLSTMCausalLMOutput:
+    ) -> CausalLMOutputWithPast:
         """`attention_mask` may only mark padding at the end (training batches, labels -100):
         the sLSTM recurrence cannot skip pad tokens, so left-padded prompts are refused."""
         if attention_mask is not None and (attention_mask.diff(dim=1) > 0).any():
@@ -275,7 +258,7 @@ class MusicXLSTMForCausalLM(MusicXLSTMPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return MusicXLSTMCausalLMOutput(
+        return CausalLMOutputWithPast(
             loss=loss, logits=logits, cache=cache if use_cache else None, hidden_states=all_hidden_states
         )
 
