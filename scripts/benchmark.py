@@ -42,7 +42,7 @@ from transformers import (
     xLSTMForCausalLM,
 )
 
-from modeling import FAMILIES, PRESETS, build_config
+from modeling import FAMILIES, build_config
 
 
 @dataclass
@@ -170,15 +170,16 @@ def reference_models(preset: str, vocab_size: int) -> dict:
     The Mamba-2 copies our Mamba preset. transformers' xLSTM has mLSTM blocks only: with
     12 of them it matches the parameter count of our 14 mixed blocks (mLSTM + sLSTM).
     """
-    mamba, xlstm = PRESETS["mamba"][preset], PRESETS["xlstm"][preset]
+    vocabulary = Vocabulary(vocab_size)
+    mamba, xlstm = build_config("mamba", preset, vocabulary), build_config("xlstm", preset, vocabulary)
     mamba = Mamba2Config(
-        vocab_size=vocab_size, hidden_size=mamba["n_embd"], num_hidden_layers=mamba["n_layer"],
-        state_size=mamba["d_state"], head_dim=mamba["headdim"], num_heads=2 * mamba["n_embd"] // mamba["headdim"],
-        n_groups=1, expand=2, chunk_size=mamba["chunk_size"], tie_word_embeddings=True,
+        vocab_size=vocab_size, hidden_size=mamba.n_embd, num_hidden_layers=mamba.n_layer, state_size=mamba.d_state,
+        head_dim=mamba.headdim, num_heads=mamba.nheads, n_groups=mamba.ngroups, expand=mamba.expand,
+        chunk_size=mamba.chunk_size, tie_word_embeddings=True,
     )  # fmt: skip
     xlstm = xLSTMConfig(
-        vocab_size=vocab_size, hidden_size=xlstm["n_embd"], num_blocks=xlstm["n_layer"] - 2,
-        num_heads=xlstm["num_heads"], chunk_size=xlstm["chunk_size"], tie_word_embeddings=True,
+        vocab_size=vocab_size, hidden_size=xlstm.n_embd, num_blocks=xlstm.n_layer - 2,
+        num_heads=xlstm.num_heads, chunk_size=xlstm.chunk_size, tie_word_embeddings=True,
     )  # fmt: skip
     return {"transformers_mamba2": (Mamba2ForCausalLM, mamba), "transformers_xlstm": (xLSTMForCausalLM, xlstm)}
 
@@ -306,15 +307,13 @@ def benchmark_models(args: ModelArguments) -> dict:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     candidates = {}
+    longest = max(*args.train_lengths, max(args.contexts) + args.new_tokens)
     for family in args.families:
-        longest = max(*args.train_lengths, max(args.contexts) + args.new_tokens)
         extra = {"n_positions": longest} if family == "transformer" else {}
         config = build_config(family, args.preset, Vocabulary(args.vocab_size), **extra)
         candidates[f"{family}_{args.preset}"] = (AutoModelForCausalLM.from_config, config)
     if args.references:
-        candidates |= {
-            name: (cls, config) for name, (cls, config) in reference_models(args.preset, args.vocab_size).items()
-        }
+        candidates |= reference_models(args.preset, args.vocab_size)
     results = []
     for name, (make, config) in candidates.items():
         torch.manual_seed(0)
