@@ -149,9 +149,7 @@ class MusicTokenizer:
         """The token string of an id: a condition token, or miditok's (BPE) token."""
         if token_id >= self.base_vocab_size:
             return COMPOSER_PREFIX + self._conditions[token_id - self.base_vocab_size]
-        if self.base.is_trained:
-            return "+".join(self.base_tokens(token_id))
-        return self.base[token_id]
+        return "+".join(self.base_tokens(token_id))
 
     def base_tokens(self, token_id: int) -> list[str]:
         """The REMI tokens an id stands for: one, or several for a BPE token."""
