@@ -242,8 +242,9 @@ class MusicXLSTMForCausalLM(MusicXLSTMPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """`attention_mask` may only mark padding at the end (training batches, labels -100):
-        the sLSTM recurrence cannot skip pad tokens, so left-padded prompts are refused."""
-        if attention_mask is not None and (attention_mask.diff(dim=1) > 0).any():
+        the sLSTM recurrence cannot skip pad tokens, so left-padded prompts are refused. Checked
+        when a sequence starts: later generation steps only append to a prompt checked then."""
+        if cache is None and attention_mask is not None and (attention_mask.diff(dim=1) > 0).any():
             raise ValueError(
                 "MusicXLSTM cannot skip left padding inside its recurrence: give prompts of equal length "
                 "or generate them one at a time"
