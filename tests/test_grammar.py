@@ -1,9 +1,12 @@
+import json
+
 import miditok
 import pytest
 import torch
 from transformers import LogitsProcessorList
 
-from tokenization import InvalidMidiError, MusicGrammar, MusicGrammarLogitsProcessor, MusicTokenizer, list_midi_files
+from modeling.pipeline_midi_generation import GrammarLogitsProcessor
+from tokenization import InvalidMidiError, MusicGrammar, MusicTokenizer, list_midi_files
 
 
 @pytest.fixture(scope="module", params=["plain", "bpe"])
@@ -32,8 +35,9 @@ def test_a_tokenizer_with_a_mask_token_gets_a_grammar():
 
 
 def sample(tokenizer, steps: int, batch: int, seed: int) -> torch.Tensor:
-    """Random logits through the grammar processor (the worst possible model), EOS banned."""
-    processors = LogitsProcessorList([MusicGrammarLogitsProcessor(MusicGrammar(tokenizer))])
+    """Random logits through the generation grammar processor (the worst possible model), EOS
+    banned; the processor reads the grammar as saved with the tokenizer."""
+    processors = LogitsProcessorList([GrammarLogitsProcessor(MusicGrammar(tokenizer).to_dict())])
     generator = torch.Generator().manual_seed(seed)
     ids = torch.full((batch, 1), tokenizer.bos_token_id)
     for _ in range(steps):
@@ -54,7 +58,7 @@ def test_sampled_sequences_follow_miditok_syntax_and_decode(any_tokenizer):
 
 
 def test_processor_masks_only_forbidden_tokens(tokenizer):
-    processor = MusicGrammarLogitsProcessor(MusicGrammar(tokenizer))
+    processor = GrammarLogitsProcessor(MusicGrammar(tokenizer).to_dict())
     scores = processor(torch.tensor([[tokenizer.bos_token_id]]), torch.zeros(1, tokenizer.vocab_size))
     allowed = torch.isfinite(scores[0]).nonzero().flatten().tolist()
     assert allowed == list(tokenizer.condition_token_ids.values())
@@ -65,3 +69,16 @@ def test_processor_masks_only_forbidden_tokens(tokenizer):
     assert torch.isfinite(after_composer[0]).nonzero().flatten().tolist() == [bar]
     padded = processor(torch.tensor([[bar]]), torch.zeros(1, tokenizer.vocab_size + 16))
     assert torch.isinf(padded[0, tokenizer.vocab_size :]).all()
+
+
+def test_grammar_is_saved_with_the_tokenizer(bpe_tokenizer, tmp_path):
+    bpe_tokenizer.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "music_tokenizer.json").read_text())["grammar"]
+    grammar = MusicGrammar(bpe_tokenizer)
+    assert saved == grammar.to_dict()
+    assert len(saved["first_state"]) == len(saved["last_state"]) == len(bpe_tokenizer)
+    # a BPE token that spans Pitch..Velocity starts in the Pitch state and ends in the Velocity state
+    merged = next(i for i in range(bpe_tokenizer.base_vocab_size) if len(bpe_tokenizer.base_tokens(i)) > 1)
+    kinds = [t.split("_")[0] for t in bpe_tokenizer.base_tokens(merged)]
+    assert grammar.states[saved["first_state"][merged]] == kinds[0]
+    assert grammar.states[saved["last_state"][merged]] == kinds[-1]

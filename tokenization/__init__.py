@@ -2,7 +2,7 @@
 
 from .blocks import BlockCollator, TokenBlockStream, evaluation_blocks, skip_summary
 from .composers import UNKNOWN, canonical_composer
-from .grammar import MusicGrammar, MusicGrammarLogitsProcessor
+from .grammar import MusicGrammar
 from .sources import list_midi_files, load_source, mix_sources, split_of, tokenizer_for_sources
 from .tokenizer import InvalidMidiError, MusicTokenizer, load_score
 
@@ -11,7 +11,6 @@ __all__ = [
     "BlockCollator",
     "InvalidMidiError",
     "MusicGrammar",
-    "MusicGrammarLogitsProcessor",
     "MusicTokenizer",
     "TokenBlockStream",
     "canonical_composer",

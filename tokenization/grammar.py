@@ -6,14 +6,19 @@ a (BPE) token may follow another when the type of its first REMI token may follo
 type of the other's last REMI token. Around the music sit the frame tokens: BOS is
 followed by a condition token, the condition by the start of a bar, any music token by
 more music or EOS, EOS by BOS (packed training data) or PAD.
+
+The grammar is saved with the tokenizer (`to_dict`, in `music_tokenizer.json`) as two
+small tables, so that generation applies it from the saved folder without this package.
 """
 
 from __future__ import annotations
 
-import torch
-from transformers import LogitsProcessor
+from typing import TYPE_CHECKING
 
-from .tokenizer import MusicTokenizer
+import torch
+
+if TYPE_CHECKING:
+    from .tokenizer import MusicTokenizer
 
 FRAME_TYPES = ("PAD", "BOS", "EOS", "MASK")
 MUSIC_START = "Bar"
@@ -26,10 +31,13 @@ def token_type(token: str) -> str:
 
 
 class MusicGrammar:
-    """Allowed-successor table over a tokenizer's ids, as a `[num_states, vocab_size]` mask.
+    """Allowed successors over a tokenizer's ids.
 
-    A state is the type of the last REMI token of the previous id (or a frame/condition
-    state); `allowed[state_of[id]]` is the mask of ids that may come next.
+    A state is the type of one REMI token (or a frame/condition state). `follows[a, b]`
+    says whether state `b` may come after state `a`; an id may follow another when the
+    state of its first REMI token may follow the state of the other's last one. So
+    `allowed = follows[:, first_state]` is a `[num_states, vocab_size]` mask and
+    `allowed[last_state[id]]` the ids that may come after `id`.
     """
 
     def __init__(self, tokenizer: MusicTokenizer) -> None:
@@ -40,10 +48,9 @@ class MusicGrammar:
         music_types = sorted(t for t in graph if t not in FRAME_TYPES)
         if MUSIC_START not in music_types:
             raise ValueError(f"the tokenizer has no {MUSIC_START} tokens: the grammar needs REMI-style bars")
-        states = [*music_types, *FRAME_TYPES, CONDITION, VOID]
-        index = {name: i for i, name in enumerate(states)}
-        first = []  # state of each id's first REMI token, and of its last one
-        last = []
+        self.states = [*music_types, *FRAME_TYPES, CONDITION, VOID]
+        index = {name: i for i, name in enumerate(self.states)}
+        first, last = [], []
         for token_id in range(tokenizer.vocab_size):
             if token_id >= tokenizer.base_vocab_size:
                 kinds = [CONDITION]
@@ -57,32 +64,24 @@ class MusicGrammar:
             {"PAD": {"PAD"}, "BOS": {CONDITION}, "EOS": {"BOS", "PAD"}, CONDITION: {MUSIC_START}}
             | dict.fromkeys(("MASK", VOID), {"EOS"})
         )
-        first_state = torch.tensor(first)
-        self.states = states
-        self.state_of = torch.tensor(last)
-        self.allowed = torch.stack(
-            [torch.isin(first_state, torch.tensor([index[n] for n in successors[s]])) for s in states]
-        )
+        self.follows = torch.tensor([[b in successors[a] for b in self.states] for a in self.states])
+        self.first_state = torch.tensor(first)
+        self.last_state = torch.tensor(last)
 
-    def next_mask(self, last_ids: torch.Tensor) -> torch.Tensor:
-        """Boolean mask `[batch, vocab]` of the ids allowed after each of `last_ids`."""
-        return self.allowed.to(last_ids.device)[self.state_of.to(last_ids.device)[last_ids]]
+    @property
+    def allowed(self) -> torch.Tensor:
+        return self.follows[:, self.first_state]
 
     def accepts(self, ids: list[int]) -> bool:
         """Whether every step of `ids` is allowed by the grammar."""
         steps = torch.as_tensor(ids)
-        return bool(self.allowed[self.state_of[steps[:-1]], steps[1:]].all())
+        return bool(self.allowed[self.last_state[steps[:-1]], steps[1:]].all())
 
-
-class MusicGrammarLogitsProcessor(LogitsProcessor):
-    """Sets the score of every token that may not follow the last one to -inf."""
-
-    def __init__(self, grammar: MusicGrammar) -> None:
-        self.grammar = grammar
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        vocab = scores.shape[-1]
-        mask = self.grammar.next_mask(input_ids[:, -1])[:, :vocab]
-        if mask.shape[-1] < vocab:  # a model with a padded embedding matrix: extra ids never allowed
-            mask = torch.nn.functional.pad(mask, (0, vocab - mask.shape[-1]), value=False)
-        return scores.masked_fill(~mask, float("-inf"))
+    def to_dict(self) -> dict[str, list]:
+        """The tables as plain lists (JSON), what generation reads from a saved tokenizer."""
+        return {
+            "states": self.states,
+            "follows": self.follows.int().tolist(),
+            "first_state": self.first_state.tolist(),
+            "last_state": self.last_state.tolist(),
+        }

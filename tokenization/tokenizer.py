@@ -7,8 +7,9 @@ be trained without touching them and that a composer added later just takes the 
 id, so the ids of a trained model never move.
 
 A saved folder holds miditok's `tokenizer.json` (readable by miditok alone) and
-`music_tokenizer.json`, a plain JSON description of the condition tokens, so the Hub
-pipeline can use the folder with nothing but miditok installed.
+`music_tokenizer.json`, a plain JSON description of the condition tokens and of the
+decoding grammar, so the Hub pipeline can use the folder with nothing but miditok
+installed.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .composers import ALIASES, HYPHENATED, UNKNOWN, canonical_composer
+from .grammar import MusicGrammar
 
 BASE_FILE = "tokenizer.json"
 CONDITIONS_FILE = "music_tokenizer.json"
@@ -156,8 +158,7 @@ class MusicTokenizer:
         if not self.base.is_trained:
             return [self.base[token_id]]
         seq = miditok.TokSequence(ids=[token_id], are_ids_encoded=True)
-        self.base.decode_token_ids(seq)
-        self.base.complete_sequence(seq)
+        self.base.decode_token_ids(seq)  # sets the tokens too: no need for the slow complete_sequence
         return seq.tokens
 
     # ----- encoding -----
@@ -211,6 +212,7 @@ class MusicTokenizer:
             "condition_tokens": self.condition_token_ids,
             "composer_aliases": ALIASES,
             "hyphenated_composers": list(HYPHENATED),
+            "grammar": MusicGrammar(self).to_dict(),
         }
         (folder / CONDITIONS_FILE).write_text(json.dumps(description, indent=2) + "\n")
 
