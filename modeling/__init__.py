@@ -1,13 +1,18 @@
-"""The three model families. Importing this package registers the custom ones with the
-Auto classes, and marks them so that `save_pretrained` writes their code and `auto_map`
-beside the weights (Hub remote code)."""
+"""The three model families and the `midi-generation` pipeline.
+
+Importing this package registers the custom models with the Auto classes, marks them so
+that `save_pretrained` writes their code and `auto_map` beside the weights (Hub remote
+code), and registers the pipeline task with transformers.
+"""
 
 from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_music_mamba import MusicMambaConfig
 from .configuration_music_xlstm import MusicXLSTMConfig
 from .modeling_music_mamba import MusicMambaForCausalLM
 from .modeling_music_xlstm import MusicXLSTMForCausalLM
+from .pipeline_midi_generation import MidiGenerationPipeline
 from .presets import FAMILIES, PRESETS, build_config
 
 for config_class, model_class in (
@@ -18,9 +23,13 @@ for config_class, model_class in (
     AutoModelForCausalLM.register(config_class, model_class, exist_ok=True)
     config_class.register_for_auto_class()
     model_class.register_for_auto_class("AutoModelForCausalLM")
+PIPELINE_REGISTRY.register_pipeline(
+    "midi-generation", pipeline_class=MidiGenerationPipeline, pt_model=AutoModelForCausalLM
+)
 
 __all__ = [
     "FAMILIES",
+    "MidiGenerationPipeline",
     "PRESETS",
     "MusicMambaConfig",
     "MusicMambaForCausalLM",

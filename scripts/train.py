@@ -282,12 +282,15 @@ def build_optimizer(model: torch.nn.Module, train_args: TrainArguments) -> torch
 
 
 def export(accelerator, model, tokenizer, output_dir: Path, card_fields: dict) -> None:
-    """Model (safetensors + code + auto_map), tokenizer and model card into `output_dir`."""
+    """Model (safetensors + code + auto_map), pipeline code, tokenizer and model card into `output_dir`."""
     state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards
     unwrapped = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
-        unwrapped.save_pretrained(output_dir, state_dict=state_dict)
-        tokenizer.save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)  # first: the pipeline reads it
+        generator = modeling.MidiGenerationPipeline(
+            model=unwrapped, device=unwrapped.device, music_tokenizer=output_dir
+        )
+        generator.save_pretrained(output_dir, state_dict=state_dict)  # weights, model and pipeline code
         card = model_card(unwrapped.config, conditions=tokenizer.composers, **card_fields)
         card.save(output_dir / "README.md")
     accelerator.wait_for_everyone()

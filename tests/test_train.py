@@ -18,7 +18,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from huggingface_hub import ModelCard
-from transformers import AutoModelForCausalLM, GPT2Config
+from transformers import AutoModelForCausalLM, GPT2Config, pipeline
 
 import modeling
 from model_cards import hub_datasets
@@ -109,6 +109,11 @@ def test_export_folder_loads_with_auto_classes_and_has_a_model_card(two_process_
     final = eval_metrics(output_dir)[-1]
     assert f"{final['eval/bits_per_token']:.4f}" in card.text  # the card reports the run's own figures
     assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-8", "checkpoint-16"]
+    # the pipeline ships too (Hub remote code): generate from the export
+    assert "midi-generation" in model.config.custom_pipelines
+    assert (output_dir / "pipeline_midi_generation.py").is_file()
+    [piece] = pipeline("midi-generation", model=str(output_dir), trust_remote_code=True)("Bach", max_new_tokens=8)
+    assert piece["tokens"][1] == tokenizer.composer_token_id("Bach")
 
 
 @pytest.mark.parametrize("family", ["mamba", "xlstm"])

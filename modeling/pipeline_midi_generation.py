@@ -1,0 +1,293 @@
+"""The `midi-generation` pipeline: composer-conditioned MIDI from any causal LM over our tokens.
+
+This file ships beside exported models as Hub remote code, so it uses only torch,
+transformers, miditok and symusic. It reads the music tokenizer saved beside the model:
+miditok's `tokenizer.json` and `music_tokenizer.json`, which describes the condition tokens
+and the decoding grammar (as tables, so nothing here re-derives them).
+
+Sampling runs its own loop over the model's forward and cache instead of `generate`,
+for two things `generate` cannot do for these models: classifier-free guidance with both
+branches in one batched forward, and a sliding window for models with learned positions
+(GPT-2), so any length works for every family.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import miditok
+import symusic
+import torch
+from tqdm.auto import tqdm
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
+    Pipeline,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+from transformers.utils import cached_file
+
+MIDI_FILE = "tokenizer.json"
+CONDITIONS_FILE = "music_tokenizer.json"
+WORD_MARKER = "\u2581"  # miditok's BPE word marker: an id that stands for no token
+
+
+def name_key(name: str) -> str:
+    """A spelling-insensitive key for matching a user's composer name ("Saint-Saëns" ~ "saint_saens")."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]", "", ascii_name.lower())
+
+
+class GrammarLogitsProcessor(LogitsProcessor):
+    """Sets the score of every token that may not follow the last one to -inf.
+
+    `grammar` is the table description saved with the tokenizer: per id the state of its
+    first and last REMI token, and which state may follow which.
+    """
+
+    def __init__(self, grammar: dict[str, list]) -> None:
+        follows = torch.tensor(grammar["follows"], dtype=torch.bool)
+        self.allowed = follows[:, torch.tensor(grammar["first_state"])]  # [states, vocab]
+        self.last_state = torch.tensor(grammar["last_state"])
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        device = input_ids.device
+        mask = self.allowed.to(device)[self.last_state.to(device)[input_ids[:, -1]]]
+        vocab = scores.shape[-1]
+        if mask.shape[-1] < vocab:  # a model with a padded embedding matrix: extra ids never allowed
+            mask = torch.nn.functional.pad(mask, (0, vocab - mask.shape[-1]), value=False)
+        return scores.masked_fill(~mask[:, :vocab], float("-inf"))
+
+
+def guide(logits: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: rows `[:B]` conditional, `[B:]` unconditional, in log-probabilities.
+
+    `scale` 1 gives the conditional distribution; larger values push away from the
+    unconditional one.
+    """
+    conditional, unconditional = logits.log_softmax(-1).chunk(2)
+    return unconditional + scale * (conditional - unconditional)
+
+
+class MusicVocabulary:
+    """The saved music tokenizer, read with miditok alone: condition ids, grammar, MIDI <-> ids."""
+
+    def __init__(self, name_or_path: str, **hub_kwargs) -> None:
+        files = {}
+        for name in (MIDI_FILE, CONDITIONS_FILE):
+            files[name] = cached_file(name_or_path, name, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+            if files[name] is None:
+                raise FileNotFoundError(
+                    f"no music tokenizer beside the model: looked for {MIDI_FILE} and {CONDITIONS_FILE} in "
+                    f"{name_or_path}; save one there with MusicTokenizer.save_pretrained, or pass music_tokenizer="
+                )
+        self.base = miditok.REMI(params=files[MIDI_FILE])
+        description = json.loads(Path(files[CONDITIONS_FILE]).read_text())
+        if "grammar" not in description:
+            raise ValueError(f"{CONDITIONS_FILE} in {name_or_path} has no grammar: save the tokenizer again")
+        self.bos_token_id = description["bos_token_id"]
+        self.eos_token_id = description["eos_token_id"]
+        self.pad_token_id = description["pad_token_id"]
+        self.grammar = description["grammar"]
+        prefix = "Composer_"
+        self.conditions = {token.removeprefix(prefix): i for token, i in description["condition_tokens"].items()}
+        self.unknown = description["unknown_composer"]
+        self._lookup = {name_key(name): name for name in self.conditions}
+        for alias, name in description["composer_aliases"].items():
+            if name in self.conditions:
+                self._lookup.setdefault(name_key(alias), name)
+        self.music_size = min(self.conditions.values())  # ids below are miditok's
+        marker = self.base.vocab_model.get(WORD_MARKER) if self.base.is_trained else None
+        self._skipped = {self.bos_token_id, self.eos_token_id, self.pad_token_id, marker}
+
+    @property
+    def composers(self) -> list[str]:
+        return [name for name in self.conditions if name != self.unknown]
+
+    def condition_id(self, composer: str | None) -> int:
+        """Id of a composer's condition token (None: unconditional); an unknown name is an error."""
+        if composer is None:
+            return self.conditions[self.unknown]
+        name = self._lookup.get(name_key(composer))
+        if name is None:
+            raise ValueError(
+                f"unknown composer {composer!r}: this model knows {', '.join(self.composers) or 'none'} "
+                "(or None for no composer)"
+            )
+        return self.conditions[name]
+
+    def encode(self, score: symusic.Score) -> list[int]:
+        return [i for i in self.base.encode(score).ids if i not in self._skipped]
+
+    def decode(self, ids: list[int]) -> symusic.Score:
+        music = [i for i in ids if i < self.music_size and i not in self._skipped]
+        return self.base.decode(music) if music else symusic.Score(self.base.time_division)
+
+
+def read_prompt(prompt: str | Path | bytes | symusic.Score) -> symusic.Score:
+    """A MIDI path, MIDI bytes or Score; anything else is an error that says so."""
+    if isinstance(prompt, symusic.Score):
+        return prompt
+    try:
+        if isinstance(prompt, (str, Path)):
+            return symusic.Score(str(prompt))
+        return symusic.Score.from_midi(bytes(prompt))
+    except Exception as error:  # symusic reports its parser's message as RuntimeError/ValueError
+        raise ValueError(f"the prompt is not a readable MIDI file: {str(error).splitlines()[0]}") from error
+
+
+class MidiGenerationPipeline(Pipeline):
+    """Generate MIDI for one or more composers, optionally continuing a prompt.
+
+    ```python
+    generator = pipeline("midi-generation", model="path/or/repo", trust_remote_code=True)
+    [piece] = generator(composer="Bach", max_new_tokens=1000, seed=0)
+    open("bach.mid", "wb").write(piece["midi"])
+    ```
+    Each result holds `score` (symusic Score), `midi` (bytes), `tokens` (ids: BOS, the
+    composer's condition token, the prompt's tokens, then the new ones), `composer` and
+    `new_tokens` (how many were generated); a prompt's own notes are part of the score.
+    """
+
+    _load_tokenizer = False
+    _load_processor = False
+    _load_image_processor = False
+    _load_video_processor = False
+    _load_feature_extractor = False
+
+    def __init__(self, *args, music_tokenizer: str | Path | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        source = music_tokenizer or self.model.name_or_path
+        if not source:
+            raise ValueError("the model was not loaded from a folder or repo: pass music_tokenizer=<folder or repo>")
+        self.vocabulary = MusicVocabulary(str(source))
+        if self.device.type == "cpu" and self.model.dtype in (torch.float16, torch.bfloat16):
+            self.model.float()  # half precision on CPU is slow, and not every kernel has it
+        self.window = getattr(self.model.config, "n_positions", None)  # learned positions: slide past them
+
+    def __call__(self, composer: str | list[str] | None = None, **kwargs) -> list[dict[str, Any]]:
+        """`composer`: a name, a list of names (one batch), or None (no composer)."""
+        composers = composer if isinstance(composer, (list, tuple)) else [composer]
+        return super().__call__({"composers": list(composers), "prompt": kwargs.pop("prompt", None)}, **kwargs)
+
+    def _sanitize_parameters(
+        self,
+        max_new_tokens: int | None = None,
+        min_new_tokens: int | None = None,
+        num_return_sequences: int | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        guidance_scale: float | None = None,
+        grammar: bool | None = None,
+        seed: int | None = None,
+        progress_bar: bool | None = None,
+    ) -> tuple[dict, dict, dict]:
+        preprocess = {} if num_return_sequences is None else {"num_return_sequences": num_return_sequences}
+        given = {
+            "max_new_tokens": max_new_tokens,
+            "min_new_tokens": min_new_tokens,
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "guidance_scale": guidance_scale,
+            "grammar": grammar,
+            "seed": seed,
+            "progress_bar": progress_bar,
+        }
+        return preprocess, {k: v for k, v in given.items() if v is not None}, {}
+
+    def preprocess(self, inputs: dict, num_return_sequences: int = 1) -> dict[str, Any]:
+        if num_return_sequences < 1:
+            raise ValueError(f"num_return_sequences must be at least 1, not {num_return_sequences}")
+        music = [] if inputs["prompt"] is None else self.vocabulary.encode(read_prompt(inputs["prompt"]))
+        composers = [name for name in inputs["composers"] for _ in range(num_return_sequences)]
+        conditions = [self.vocabulary.condition_id(name) for name in composers]
+        input_ids = torch.tensor([[self.vocabulary.bos_token_id, c, *music] for c in conditions])
+        return {"input_ids": input_ids, "composers": composers}
+
+    def _forward(
+        self,
+        model_inputs: dict[str, Any],
+        max_new_tokens: int = 512,
+        min_new_tokens: int = 0,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        guidance_scale: float = 1.0,
+        grammar: bool = True,
+        seed: int | None = None,
+        progress_bar: bool = False,
+    ) -> dict[str, Any]:
+        tokens = model_inputs["input_ids"]
+        guided = guidance_scale != 1.0
+        if guided:  # the unconditional branch: the same rows with Composer_Unknown, batched after them
+            unconditional = tokens.clone()
+            unconditional[:, 1] = self.vocabulary.conditions[self.vocabulary.unknown]
+            tokens = torch.cat([tokens, unconditional])
+        processors = self._processors(tokens.shape[1], min_new_tokens, temperature, top_k, top_p, grammar)
+        generator = torch.Generator(self.device)
+        generator.manual_seed(seed) if seed is not None else generator.seed()
+        rows = len(model_inputs["composers"])
+        done = torch.zeros(rows, dtype=torch.bool, device=self.device)
+        cache, step_ids, context = None, tokens, tokens.shape[1]
+        for _ in tqdm(range(max_new_tokens), desc="generating", unit="token", disable=not progress_bar):
+            if self.window is not None and context >= self.window:
+                step_ids = self._window_ids(tokens)  # prefill again on the newest tokens
+                cache, context = None, step_ids.shape[1]
+            output = self.model(input_ids=step_ids, cache=cache, use_cache=True)
+            cache, logits = output.cache, output.logits[:, -1].float()
+            scores = processors(tokens[:rows], guide(logits, guidance_scale) if guided else logits)
+            next_ids = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
+            done |= next_ids == self.vocabulary.eos_token_id
+            next_ids = next_ids.masked_fill(done, self.vocabulary.eos_token_id)  # finished rows: cut off later
+            step_ids = (torch.cat([next_ids, next_ids]) if guided else next_ids)[:, None]
+            tokens, context = torch.cat([tokens, step_ids], dim=1), context + 1
+            if done.all():
+                break
+        prompt_length = model_inputs["input_ids"].shape[1]
+        return {"tokens": tokens[:rows], "composers": model_inputs["composers"], "prompt_length": prompt_length}
+
+    def _processors(
+        self, start: int, min_new_tokens: int, temperature: float, top_k: int, top_p: float, grammar: bool
+    ) -> LogitsProcessorList:
+        processors = LogitsProcessorList()
+        if min_new_tokens:
+            processors.append(MinNewTokensLengthLogitsProcessor(start, min_new_tokens, self.vocabulary.eos_token_id))
+        if grammar:
+            processors.append(GrammarLogitsProcessor(self.vocabulary.grammar))
+        if temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(temperature))
+        if top_k:
+            processors.append(TopKLogitsWarper(top_k))
+        if top_p < 1.0:
+            processors.append(TopPLogitsWarper(top_p))
+        return processors
+
+    def _window_ids(self, tokens: torch.Tensor) -> torch.Tensor:
+        """BOS and condition, then the newest tokens: half a window, so the next prefill is far off."""
+        return torch.cat([tokens[:, :2], tokens[:, 2:][:, -(self.window // 2 - 2) :]], dim=1)
+
+    def postprocess(self, model_outputs: dict[str, Any]) -> list[dict[str, Any]]:
+        results = []
+        for row, composer in zip(model_outputs["tokens"].tolist(), model_outputs["composers"], strict=True):
+            ids = row[: row.index(self.vocabulary.eos_token_id) + 1] if self.vocabulary.eos_token_id in row else row
+            score = self.vocabulary.decode(ids)
+            new_tokens = len(ids) - model_outputs["prompt_length"]
+            results.append(
+                {
+                    "score": score,
+                    "midi": score.dumps_midi(),
+                    "tokens": ids,
+                    "composer": composer,
+                    "new_tokens": new_tokens,
+                }
+            )
+        return results
