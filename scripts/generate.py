@@ -1,0 +1,196 @@
+"""Generate MIDI for some composers with a trained model, through `pipeline("midi-generation")`.
+
+    python scripts/generate.py --length 2000 --composers "Mozart, Bach, Beethoven, Chopin, Liszt"
+    python scripts/generate.py --model mamba --composers "Bach" --num-samples 4 --plot --render wav
+    python scripts/generate.py --model outputs/xlstm-small --prompt theme.mid --guidance-scale 2
+
+`--model` is a family name (the model a preset trained into `outputs/<family>-small`, or the
+bundled model when it is of that family), a model folder, or a Hub repo id; without it the
+bundled model generates. Files go to `<out>/<model>/<composer>/sample_<i>.mid`, with a
+piano roll (`--plot`) and audio (`--render wav`, FluidSynth and a General MIDI soundfont).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import symusic
+from transformers import HfArgumentParser, pipeline
+
+import modeling
+
+SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"  # Debian/Ubuntu's fluid-soundfont-gm
+FAMILY_OF_MODEL_TYPE = {"gpt2": "transformer", "music_mamba": "mamba", "music_xlstm": "xlstm"}
+
+
+@dataclass
+class Arguments:
+    model: str | None = field(
+        default=None,
+        metadata={"help": "transformer, mamba, xlstm, a model folder or a Hub repo id (default: the bundled model)."},
+    )
+    composers: str = field(default="Bach, Mozart, Beethoven, Chopin", metadata={"help": "Comma-separated names."})
+    length: int = field(default=1024, metadata={"help": "Tokens to generate per sample."})
+    num_samples: int = field(default=1, metadata={"help": "Samples per composer."})
+    out: str = field(default="outputs/generated", metadata={"help": "Output folder."})
+    prompt: str | None = field(default=None, metadata={"help": "A MIDI file each sample continues."})
+    guidance_scale: float = field(default=1.0, metadata={"help": "Classifier-free guidance (1: off)."})
+    temperature: float = field(default=1.0)
+    top_k: int = field(default=0, metadata={"help": "Sample among the k most likely tokens (0: all)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling (1: off)."})
+    seed: int = field(default=0)
+    allow_early_end: bool = field(
+        default=False, metadata={"help": "Stop a sample when the model ends the piece, before --length tokens."}
+    )
+    plot: bool = field(default=False, metadata={"help": "Write a piano-roll PNG beside each sample."})
+    render: str | None = field(default=None, metadata={"help": "wav: render audio with FluidSynth."})
+    soundfont: str = field(default=SOUNDFONT, metadata={"help": "General MIDI soundfont for --render."})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default: cuda if available)."})
+
+
+def bundled_model() -> Path:
+    """The model shipped in this project (the best `small` model of the comparison)."""
+    return next(p for p in sorted((Path(modeling.__file__).parent / "pretrained").iterdir()) if p.is_dir())
+
+
+def family_of(folder: Path) -> str | None:
+    config = folder / "config.json"
+    return FAMILY_OF_MODEL_TYPE.get(json.loads(config.read_text()).get("model_type")) if config.is_file() else None
+
+
+def resolve_model(name: str | None) -> tuple[str, str]:
+    """`(what to load, name for the output folder)` from `--model`."""
+    if name is None:
+        return str(bundled_model()), bundled_model().name
+    if name in modeling.FAMILIES:
+        trained = Path("outputs") / f"{name}-small"
+        if family_of(trained) == name:
+            return str(trained), name
+        if family_of(bundled_model()) == name:
+            return str(bundled_model()), name
+        raise ValueError(
+            f"no {name} model: {trained} holds none and the bundled model is a {family_of(bundled_model())}; "
+            f"train one with `python scripts/train.py scripts/configs/{name}-small.yaml`, or pass a folder or repo id"
+        )
+    path = Path(name)
+    if path.is_dir():
+        return str(path), path.resolve().name
+    if path.suffix or name.startswith((".", "/")) or name.count("/") != 1:
+        raise ValueError(f"--model {name}: no such folder, and not a family name or a Hub repo id (owner/name)")
+    return name, name.split("/")[1]
+
+
+def check_render(args: Arguments) -> None:
+    if args.render not in (None, "wav"):
+        raise ValueError(f"--render {args.render}: only wav is supported")
+    if args.render and (shutil.which("fluidsynth") is None or not Path(args.soundfont).is_file()):
+        raise ValueError(
+            "--render wav needs FluidSynth and a General MIDI soundfont: install them with "
+            f"`sudo apt-get install fluidsynth fluid-soundfont-gm` (or pass --soundfont FILE.sf2; looked for "
+            f"{args.soundfont})"
+        )
+
+
+def render_wav(midi: Path, soundfont: str) -> Path:
+    wav = midi.with_suffix(".wav")
+    command = ["fluidsynth", "-ni", "-q", "-g", "0.8", "-r", "44100", "-F", str(wav), soundfont, str(midi)]
+    subprocess.run(command, check=True, capture_output=True)
+    return wav
+
+
+def plot_piano_roll(score: symusic.Score, path: Path, title: str) -> None:
+    """All tracks' notes as one pitch-over-time image (sixteenth-note columns)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    roll = score.resample(tpq=4, min_dur=1).pianoroll(modes=["frame"], pitch_range=[0, 128], encode_velocity=True)
+    image = roll[0].max(axis=0)  # [pitch, time]
+    pitches = image.any(axis=1).nonzero()[0]
+    low, high = (max(int(pitches.min()) - 2, 0), min(int(pitches.max()) + 3, 128)) if len(pitches) else (0, 128)
+    figure, axes = plt.subplots(figsize=(max(6.0, min(image.shape[1] / 40, 24.0)), 4))
+    axes.imshow(
+        image[low:high], origin="lower", aspect="auto", cmap="magma", extent=(0, image.shape[1] / 16, low, high)
+    )
+    axes.set(xlabel="bars (4/4)", ylabel="MIDI pitch", title=title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = HfArgumentParser(Arguments)
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    composers = [name.strip() for name in args.composers.split(",") if name.strip()]
+    try:
+        if not composers or args.length < 1 or args.num_samples < 1:
+            raise ValueError("--composers needs at least one name, --length and --num-samples positive numbers")
+        check_render(args)
+        model, model_name = resolve_model(args.model)
+        generator = pipeline(
+            "midi-generation", model=model, pipeline_class=modeling.MidiGenerationPipeline, device=args.device
+        )
+        started = time.perf_counter()
+        results = generator(
+            composer=composers,
+            num_return_sequences=args.num_samples,
+            max_new_tokens=args.length,
+            min_new_tokens=0 if args.allow_early_end else args.length,
+            prompt=args.prompt,
+            guidance_scale=args.guidance_scale,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            progress_bar=True,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
+    seconds = time.perf_counter() - started
+    rows = write_samples(results, args, Path(args.out) / model_name)
+    print_summary(rows, generated=sum(r["new_tokens"] for r in rows), seconds=seconds)
+    return rows
+
+
+def write_samples(results: list[dict], args: Arguments, folder: Path) -> list[dict]:
+    """Write each result's files; return its summary row."""
+    rows = []
+    for i, result in enumerate(results):
+        sample = i % args.num_samples
+        path = folder / result["composer"] / f"sample_{sample}.mid"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(result["midi"])
+        if args.plot:
+            plot_piano_roll(result["score"], path.with_suffix(".png"), f"{result['composer']}, sample {sample}")
+        if args.render:
+            render_wav(path, args.soundfont)
+        pitches = [note.pitch for track in result["score"].tracks for note in track.notes]
+        rows.append(
+            {
+                "file": str(path),
+                "composer": result["composer"],
+                "notes": len(pitches),
+                "seconds": result["score"].to("second").end() if pitches else 0.0,
+                "pitch_range": f"{min(pitches)}-{max(pitches)}" if pitches else "-",
+                "new_tokens": result["new_tokens"],
+            }
+        )
+    return rows
+
+
+def print_summary(rows: list[dict], generated: int, seconds: float) -> None:
+    width = max(len(r["file"]) for r in rows)
+    print(f"\n{'file':<{width}}  {'composer':<12} {'notes':>6} {'seconds':>8} {'pitches':>8}")
+    for r in rows:
+        print(f"{r['file']:<{width}}  {r['composer']:<12} {r['notes']:>6} {r['seconds']:>8.1f} {r['pitch_range']:>8}")
+    print(f"\n{generated} tokens in {seconds:.1f} s: {generated / seconds:.0f} tokens/s (all samples in one batch)")
+
+
+if __name__ == "__main__":
+    main()

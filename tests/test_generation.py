@@ -1,0 +1,207 @@
+"""The midi-generation pipeline and scripts/generate.py, on tiny untrained models of each family."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import symusic
+import torch
+from transformers import AutoModelForCausalLM, pipeline
+
+from modeling import FAMILIES, MidiGenerationPipeline, build_config
+from modeling.pipeline_midi_generation import guide
+from tokenization import MusicGrammar
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_model(family: str, tokenizer, **overrides):
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(build_config(family, "tiny", tokenizer, **overrides)).eval()
+
+
+@pytest.fixture(scope="module")
+def folders(tokenizer, tmp_path_factory) -> dict[str, Path]:
+    """A model folder per family as `save_pretrained` leaves it, with the tokenizer beside it."""
+    folders = {}
+    for family in FAMILIES:
+        folders[family] = tmp_path_factory.mktemp(family)
+        tiny_model(family, tokenizer).save_pretrained(folders[family])
+        tokenizer.save_pretrained(folders[family])
+    return folders
+
+
+@pytest.fixture(scope="module")
+def generators(folders) -> dict[str, MidiGenerationPipeline]:
+    return {family: pipeline("midi-generation", model=str(folder)) for family, folder in folders.items()}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_output_decodes_follows_the_grammar_and_holds_notes(family, generators, tokenizer):
+    results = generators[family](
+        composer=["Bach", "Saint-Saëns"], num_return_sequences=2, max_new_tokens=40, min_new_tokens=40, seed=0
+    )
+    assert [r["composer"] for r in results] == ["Bach", "Bach", "Saint-Saëns", "Saint-Saëns"]
+    grammar = MusicGrammar(tokenizer)
+    for result in results:
+        tokens = result["tokens"]
+        assert tokens[:2] == [tokenizer.bos_token_id, tokenizer.composer_token_id(result["composer"])]
+        assert len(tokens) == 42 and result["new_tokens"] == 40
+        assert grammar.accepts(tokens)
+        assert result["score"].note_num() > 0
+        assert symusic.Score.from_midi(result["midi"]).note_num() == result["score"].note_num()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_seeds_reproduce(family, generators):
+    def tokens(seed: int) -> list[list[int]]:
+        return [
+            r["tokens"] for r in generators[family]("Chopin", num_return_sequences=2, max_new_tokens=24, seed=seed)
+        ]
+
+    assert tokens(3) == tokens(3)
+    assert tokens(3) != tokens(4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_continuation_keeps_the_prompt(family, generators, tokenizer, good_midis):
+    prompt = symusic.Score.from_midi(good_midis[0])
+    prompt_ids = tokenizer.encode(prompt, "bach")[2:-1]
+    [result] = generators[family](composer="Bach", prompt=good_midis[0], max_new_tokens=16, min_new_tokens=16, seed=1)
+    assert result["tokens"][2 : 2 + len(prompt_ids)] == prompt_ids
+    assert result["new_tokens"] == 16
+    assert result["score"].note_num() >= tokenizer.decode(prompt_ids).note_num() > 0
+
+
+def test_guidance_scale_one_is_conditional_and_zero_unconditional():
+    conditional, unconditional = torch.randn(3, 50), torch.randn(3, 50)
+    both = torch.cat([conditional, unconditional])
+    assert torch.allclose(guide(both, 1.0), conditional.log_softmax(-1), atol=1e-6)
+    assert torch.allclose(guide(both, 0.0), unconditional.log_softmax(-1), atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_guidance_runs_both_branches_in_one_batch_and_changes_the_output(family, generators, tokenizer):
+    generator = generators[family]
+    unknown = tokenizer.composer_token_id(None)
+    embeddings = generator.model.get_input_embeddings().weight
+    saved = embeddings[unknown].clone()
+    with torch.no_grad():  # an untrained model barely reads its condition: make the unconditional branch differ
+        embeddings[unknown] = torch.randn(embeddings.shape[1], generator=torch.Generator().manual_seed(0))
+    batches = []
+    hook = generator.model.register_forward_pre_hook(
+        lambda _, args, kwargs: batches.append(kwargs["input_ids"]), with_kwargs=True
+    )
+    try:
+        plain = generator(composer=["Bach", "Mozart"], max_new_tokens=24, min_new_tokens=24, seed=5)
+        assert {ids.shape[0] for ids in batches} == {2}
+        batches.clear()
+        guided = generator(["Bach", "Mozart"], max_new_tokens=24, min_new_tokens=24, seed=5, guidance_scale=10)
+    finally:
+        hook.remove()
+        with torch.no_grad():
+            embeddings[unknown] = saved
+    assert len(batches) == 24 and {ids.shape[0] for ids in batches} == {4}  # one forward per token, 2 x 2 rows
+    assert batches[0][2:, 1].tolist() == [unknown, unknown]  # the unconditional branch
+    assert [r["tokens"] for r in plain] != [r["tokens"] for r in guided]
+    same = generator(composer=["Bach", "Mozart"], max_new_tokens=24, min_new_tokens=24, seed=5, guidance_scale=1)
+    assert [r["tokens"] for r in same] == [r["tokens"] for r in plain]
+
+
+def test_gpt2_slides_its_window_past_its_positions(tokenizer, tmp_path):
+    model = tiny_model("transformer", tokenizer, n_positions=32)
+    tokenizer.save_pretrained(tmp_path)
+    generator = MidiGenerationPipeline(model=model, music_tokenizer=tmp_path, device="cpu")
+    lengths = []
+    hook = model.register_forward_pre_hook(
+        lambda _, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    [result] = generator(composer="Bach", max_new_tokens=80, min_new_tokens=80, seed=0)
+    hook.remove()
+    assert len(result["tokens"]) == 82 and result["score"].note_num() > 0
+    assert lengths.count(16) >= 4  # BOS, composer and the newest 14 tokens, prefilled again
+    assert lengths[0] == 2 and max(lengths) <= 32
+
+
+def test_bad_inputs_say_what_is_wrong(generators, folders, tmp_path):
+    generator = generators["transformer"]
+    with pytest.raises(ValueError, match=r"unknown composer 'Elgar': this model knows bach, .*mozart"):
+        generator(composer="Elgar", max_new_tokens=4)
+    with pytest.raises(ValueError, match="the prompt is not a readable MIDI file"):
+        generator(composer="Bach", prompt=os.urandom(200), max_new_tokens=4)
+    with pytest.raises(ValueError, match="the prompt is not a readable MIDI file"):
+        generator(composer="Bach", prompt=tmp_path / "missing.mid", max_new_tokens=4)
+    lonely = tmp_path / "no-tokenizer"
+    AutoModelForCausalLM.from_pretrained(folders["mamba"]).save_pretrained(lonely)
+    with pytest.raises(FileNotFoundError, match=f"looked for tokenizer.json and music_tokenizer.json in {lonely}"):
+        pipeline("midi-generation", model=str(lonely))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_saved_pipeline_runs_as_remote_code_without_this_project(family, folders, generators, tmp_path):
+    """What train.py exports (the pipeline's save_pretrained) generates where only transformers,
+    miditok and symusic can be imported, with the same tokens as here."""
+    export = tmp_path / "export"
+    generators[family].save_pretrained(export)
+    for name in ("tokenizer.json", "music_tokenizer.json"):
+        (export / name).write_bytes((folders[family] / name).read_bytes())
+    assert (export / "pipeline_midi_generation.py").is_file()
+    assert json.loads((export / "config.json").read_text())["custom_pipelines"]["midi-generation"]["impl"] == (
+        "pipeline_midi_generation.MidiGenerationPipeline"
+    )
+    expected = [r["tokens"] for r in generators[family](composer=["Bach", None], max_new_tokens=20, seed=7)]
+    code = f"""
+import sys
+sys.modules["modeling"] = sys.modules["tokenization"] = None  # this project is not importable
+from transformers import pipeline
+generator = pipeline("midi-generation", model={str(export)!r}, trust_remote_code=True)
+assert "transformers_modules" in type(generator).__module__, type(generator).__module__
+print([r["tokens"] for r in generator(composer=["Bach", None], max_new_tokens=20, seed=7)])
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+
+
+def load_generate_script():
+    spec = importlib.util.spec_from_file_location("generate_script", ROOT / "scripts" / "generate.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cli_writes_a_file_per_composer_and_sample(family, folders, tmp_path, capsys):
+    rows = load_generate_script().main(
+        ["--model", str(folders[family]), "--composers", "Bach, Mozart", "--length", "32", "--num-samples", "2"]
+        + ["--out", str(tmp_path), "--plot", "--seed", "3"]
+    )
+    name = folders[family].name
+    for composer in ("Bach", "Mozart"):
+        for i in range(2):
+            midi = tmp_path / name / composer / f"sample_{i}.mid"
+            assert symusic.Score(str(midi)).note_num() > 0
+            assert (midi.with_suffix(".png")).read_bytes()[:4] == b"\x89PNG"
+    assert [r["new_tokens"] for r in rows] == [32] * 4
+    out = capsys.readouterr().out
+    assert "tokens/s" in out and str(tmp_path / name / "Mozart" / "sample_1.mid") in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--composers", "Bach, Elgar"], "unknown composer 'Elgar'"),
+        (["--render", "wav", "--soundfont", "/nonexistent.sf2"], "apt-get install fluidsynth fluid-soundfont-gm"),
+        (["--render", "mp3"], "only wav"),
+        (["--length", "0"], "positive"),
+    ],
+)
+def test_cli_bad_arguments_fail_with_one_line(argv, message, folders, capsys):
+    with pytest.raises(SystemExit):
+        load_generate_script().main(["--model", str(folders["mamba"]), *argv])
+    assert message in capsys.readouterr().err
