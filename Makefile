@@ -15,13 +15,15 @@ $(BIN)/python:
 # torch first, on its own: as a dependency of another package it could pull a CUDA build.
 $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/pip install "$(TORCH)"
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -e ".[dev,audio]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# The bundled model writes a piece per composer, with its piano roll (and audio when FluidSynth is there).
 demo: install
-	$(BIN)/python scripts/build_tokenizer.py --source bundled --bpe_vocab_size 1000 --output_dir outputs/tokenizer
+	$(BIN)/python scripts/generate.py --composers "Bach, Mozart, Chopin, Beethoven" --length 768 --plot \
+		--out outputs/demo $(if $(shell command -v fluidsynth),--render wav)
 
 lint: install
 	$(BIN)/ruff check .

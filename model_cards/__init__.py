@@ -55,7 +55,7 @@ def model_card(
         condition_name="composer",
         condition_count=len(conditions),
         conditions=", ".join(f"`{c}`" for c in conditions),
-        example_composer=next((c for c in conditions if c != "Unknown"), "Unknown"),
+        example_composer=next((c for c in ("bach", *conditions) if c in conditions), "Unknown"),
         condition_dropout=training.get("condition_dropout", 0.0),
         sources=sources,
         metrics={k: f"{v:.4f}" if isinstance(v, float) else v for k, v in metrics.items()},

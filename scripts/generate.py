@@ -42,7 +42,7 @@ class Arguments:
     guidance_scale: float = field(default=1.0, metadata={"help": "Classifier-free guidance (1: off)."})
     temperature: float = field(default=1.0)
     top_k: int = field(default=0, metadata={"help": "Sample among the k most likely tokens (0: all)."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling (1: off)."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling (1: off)."})
     seed: int = field(default=0)
     allow_early_end: bool = field(
         default=False, metadata={"help": "Stop a sample when the model ends the piece, before --length tokens."}

@@ -3,8 +3,10 @@
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import wave
 from pathlib import Path
 
 import pytest
@@ -144,9 +146,14 @@ def test_bad_inputs_say_what_is_wrong(generators, folders, tmp_path):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_saved_pipeline_runs_as_remote_code_without_this_project(family, folders, generators, tmp_path):
     """What train.py exports (the pipeline's save_pretrained) generates where only transformers,
-    miditok and symusic can be imported, with the same tokens as here."""
-    export = tmp_path / "export"
+    miditok and symusic can be imported, with the same tokens as here: by repo id from a filled
+    Hugging Face cache with HF_HUB_OFFLINE=1 (the path a Hub download takes)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / f"models--someone--midi-{family}"
+    export = repo / "snapshots" / commit
     generators[family].save_pretrained(export)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
     for name in ("tokenizer.json", "music_tokenizer.json"):
         (export / name).write_bytes((folders[family] / name).read_bytes())
     assert (export / "pipeline_midi_generation.py").is_file()
@@ -158,11 +165,15 @@ def test_saved_pipeline_runs_as_remote_code_without_this_project(family, folders
 import sys
 sys.modules["modeling"] = sys.modules["tokenization"] = None  # this project is not importable
 from transformers import pipeline
-generator = pipeline("midi-generation", model={str(export)!r}, trust_remote_code=True)
+generator = pipeline("midi-generation", model="someone/midi-{family}", trust_remote_code=True)
 assert "transformers_modules" in type(generator).__module__, type(generator).__module__
 print([r["tokens"] for r in generator(composer=["Bach", None], max_new_tokens=20, seed=7)])
 """
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    env = os.environ | {
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "HF_MODULES_CACHE": str(tmp_path / "modules"),
+    }
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
@@ -205,3 +216,44 @@ def test_cli_bad_arguments_fail_with_one_line(argv, message, folders, capsys):
     with pytest.raises(SystemExit):
         load_generate_script().main(["--model", str(folders["mamba"]), *argv])
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(
+    shutil.which("fluidsynth") is None or not Path("/usr/share/sounds/sf2/FluidR3_GM.sf2").is_file(),
+    reason="FluidSynth or the fluid-soundfont-gm soundfont is not installed",
+)
+def test_cli_renders_audio_with_fluidsynth(folders, tmp_path):
+    load_generate_script().main(
+        ["--model", str(folders["transformer"]), "--composers", "Bach", "--length", "48", "--out", str(tmp_path)]
+        + ["--render", "wav"]
+    )
+    wav = tmp_path / folders["transformer"].name / "Bach" / "sample_0.wav"
+    with wave.open(str(wav)) as audio:
+        frames = audio.readframes(audio.getnframes())
+        assert audio.getframerate() == 44100 and audio.getnframes() > 44100 // 2
+    assert max(frames) > 0  # not silence
+
+
+def test_cli_family_names_find_a_trained_model_or_say_how_to_get_one(folders, tmp_path, monkeypatch):
+    script = load_generate_script()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "mamba-small").symlink_to(folders["mamba"])
+    assert script.resolve_model("mamba") == ("outputs/mamba-small", "mamba")
+    family = script.family_of(script.bundled_model())
+    missing = next(f for f in FAMILIES if f not in ("mamba", family))
+    with pytest.raises(ValueError, match=f"scripts/configs/{missing}-small.yaml"):
+        script.resolve_model(missing)
+    with pytest.raises(ValueError, match="not a family name or a Hub repo id"):
+        script.resolve_model("no/such/folder")
+
+
+def test_the_bundled_model_is_small_and_generates_music():
+    folder = load_generate_script().bundled_model()
+    assert (folder / "model.safetensors").stat().st_size <= 25 * 2**20
+    assert (folder / "README.md").read_text().startswith("---")  # a model card with metadata
+    generator = pipeline("midi-generation", model=str(folder))
+    [piece] = generator(composer="Chopin", max_new_tokens=96, min_new_tokens=96, seed=0, top_p=0.95)
+    assert generator.model.dtype == torch.float32  # stored in float16, run in float32 on CPU
+    pitches = [note.pitch for track in piece["score"].tracks for note in track.notes]
+    assert len(pitches) >= 10 and 21 <= min(pitches) <= max(pitches) <= 108  # piano range
