@@ -5,6 +5,8 @@
     python scripts/benchmark.py models --json outputs/bench_models.json
     python scripts/benchmark.py models --device cuda --precision bf16 --json outputs/bench_models_gpu.json
 
+    python scripts/benchmark.py pipeline --lengths 1024 3072 --json outputs/bench_pipeline.json
+
 `data`: tokenization and packing throughput of `TokenBlockStream` through a DataLoader
 with 0 (in the main process), 1 and 2 workers, beside miditok's own `DatasetMIDI` read in
 one process, on the same files and tokenizer.
@@ -17,12 +19,19 @@ context. Memory is the size of the cache and, on CUDA, the allocator's peak abov
 level before the prefill (on CPU the resident size says nothing once training has grown
 the allocator's pool, so none is reported).
 
+`pipeline`: end-to-end sampling through `pipeline("midi-generation")` (untrained models at
+one preset, several samples in one batch, grammar on), ms per generated token at several
+lengths, with and without classifier-free guidance. GPT-2 keeps its preset's `n_positions`
+here, so past it the pipeline's sliding window prefills again: the count and cost of those
+prefills are in the figures.
+
 Each benchmark imports only what it measures, so `models` runs where the data libraries
 are not installed (a bare GPU machine).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -339,8 +348,70 @@ def benchmark_models(args: ModelArguments) -> dict:
     return output
 
 
+@dataclass
+class PipelineArguments:
+    json: str = field(default="outputs/bench_pipeline.json", metadata={"help": "Where to write the results."})
+    preset: str = "small"
+    families: list[str] = field(default_factory=lambda: list(FAMILIES))
+    device: str = "cpu"
+    threads: int = field(default=2, metadata={"help": "torch threads (CPU)."})
+    rows: int = field(default=4, metadata={"help": "Samples generated together (one batch)."})
+    lengths: list[int] = field(default_factory=lambda: [1024, 3072], metadata={"help": "New tokens per sample."})
+    guidance_scales: list[float] = field(default_factory=lambda: [1.0, 2.0])
+
+
+def benchmark_pipeline(args: PipelineArguments) -> dict:
+    import tempfile
+
+    from modeling import MidiGenerationPipeline
+    from tokenization import MusicTokenizer
+
+    torch.set_num_threads(args.threads)
+    tokenizer = MusicTokenizer(composers=["bach"])
+    results, prefills = [], []  # prefills: forwards of more than one token (the first, and window slides)
+
+    def count_prefills(module, inputs, kwargs) -> None:
+        if kwargs["input_ids"].shape[1] > 1:
+            prefills.append(kwargs["input_ids"].shape[1])
+
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer.save_pretrained(folder)
+        for family in args.families:
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(build_config(family, args.preset, tokenizer))
+            model.register_forward_pre_hook(count_prefills, with_kwargs=True)
+            generator = MidiGenerationPipeline(model=model, music_tokenizer=folder, device=args.device)
+            for length, scale in itertools.product(args.lengths, args.guidance_scales):
+                prefills.clear()
+                synchronize(torch.device(args.device))
+                start = time.perf_counter()
+                generator(["bach"] * args.rows, max_new_tokens=length, min_new_tokens=length, guidance_scale=scale)
+                synchronize(torch.device(args.device))
+                seconds = time.perf_counter() - start
+                row = {
+                    "model": f"{family}_{args.preset}",
+                    "length": length,
+                    "guidance_scale": scale,
+                    "rows": args.rows,
+                    "seconds": seconds,
+                    "ms_per_step": 1000 * seconds / length,
+                    "window_prefills": len(prefills) - 1,
+                }
+                results.append(row)
+                print(
+                    f"{row['model']}: {length} tokens x {args.rows} rows, guidance {scale}: "
+                    f"{row['ms_per_step']:.1f} ms/step, {row['window_prefills']} window prefills",
+                    flush=True,
+                )
+    return {"benchmark": "pipeline", "arguments": asdict(args), "torch_threads": args.threads, "results": results}
+
+
 def main() -> None:
-    benchmarks = {"data": (DataArguments, benchmark_data), "models": (ModelArguments, benchmark_models)}
+    benchmarks = {
+        "data": (DataArguments, benchmark_data),
+        "models": (ModelArguments, benchmark_models),
+        "pipeline": (PipelineArguments, benchmark_pipeline),
+    }
     if len(sys.argv) < 2 or sys.argv[1] not in benchmarks:
         sys.exit(f"usage: benchmark.py {{{'|'.join(benchmarks)}}} [--option value ...]")
     arguments_class, run = benchmarks[sys.argv[1]]

@@ -57,7 +57,21 @@ def test_benchmarks_write_their_json(tmp_path):
     report = json.loads(data.read_text())
     assert report["token_block_stream"][0]["files"] == report["miditok_datasetmidi"]["files"] == 4
 
+    sampling = tmp_path / "pipeline.json"
+    result = run_script(
+        "scripts/benchmark.py", "pipeline", "--preset", "tiny", "--rows", "2", "--lengths", "8", "300",
+        "--guidance_scales", "1", "2", "--json", str(sampling),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(sampling.read_text())["results"]
+    assert len(rows) == 12 and all(r["ms_per_step"] > 0 for r in rows)
+    # only GPT-2 (tiny: 256 positions) slides its window, once past 256 tokens
+    assert {(r["model"], r["length"]): r["window_prefills"] for r in rows if r["guidance_scale"] == 1} == {
+        ("transformer_tiny", 8): 0, ("transformer_tiny", 300): 1, ("mamba_tiny", 8): 0, ("mamba_tiny", 300): 0,
+        ("xlstm_tiny", 8): 0, ("xlstm_tiny", 300): 0,
+    }  # fmt: skip
+
 
 def test_benchmark_names_its_subcommands():
     result = run_script("scripts/benchmark.py", "speed")
-    assert result.returncode != 0 and "usage: benchmark.py {data|models}" in result.stderr
+    assert result.returncode != 0 and "usage: benchmark.py {data|models|pipeline}" in result.stderr
