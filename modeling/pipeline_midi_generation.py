@@ -58,8 +58,9 @@ class GrammarLogitsProcessor(LogitsProcessor):
         self.last_state = torch.tensor(grammar["last_state"])
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        device = input_ids.device
-        mask = self.allowed.to(device)[self.last_state.to(device)[input_ids[:, -1]]]
+        if self.allowed.device != input_ids.device:  # once, not at every step
+            self.allowed, self.last_state = self.allowed.to(input_ids.device), self.last_state.to(input_ids.device)
+        mask = self.allowed[self.last_state[input_ids[:, -1]]]
         vocab = scores.shape[-1]
         if mask.shape[-1] < vocab:  # a model with a padded embedding matrix: extra ids never allowed
             mask = torch.nn.functional.pad(mask, (0, vocab - mask.shape[-1]), value=False)
@@ -79,10 +80,12 @@ def guide(logits: torch.Tensor, scale: float) -> torch.Tensor:
 class MusicVocabulary:
     """The saved music tokenizer, read with miditok alone: condition ids, grammar, MIDI <-> ids."""
 
-    def __init__(self, name_or_path: str, **hub_kwargs) -> None:
+    def __init__(self, name_or_path: str, revision: str | None = None) -> None:
         files = {}
         for name in (MIDI_FILE, CONDITIONS_FILE):
-            files[name] = cached_file(name_or_path, name, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+            files[name] = cached_file(
+                name_or_path, name, revision=revision, _raise_exceptions_for_missing_entries=False
+            )
             if files[name] is None:
                 raise FileNotFoundError(
                     f"no music tokenizer beside the model: looked for {MIDI_FILE} and {CONDITIONS_FILE} in "
@@ -167,7 +170,9 @@ class MidiGenerationPipeline(Pipeline):
         source = music_tokenizer or self.model.name_or_path
         if not source:
             raise ValueError("the model was not loaded from a folder or repo: pass music_tokenizer=<folder or repo>")
-        self.vocabulary = MusicVocabulary(str(source))
+        # from a Hub repo: the tokenizer of the very commit the weights came from
+        revision = None if music_tokenizer else getattr(self.model.config, "_commit_hash", None)
+        self.vocabulary = MusicVocabulary(str(source), revision)
         if self.device.type == "cpu" and self.model.dtype in (torch.float16, torch.bfloat16):
             self.model.float()  # half precision on CPU is slow, and not every kernel has it
         self.window = getattr(self.model.config, "n_positions", None)  # learned positions: slide past them

@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             seed=args.seed,
             progress_bar=True,
         )
-    except (ValueError, FileNotFoundError) as error:
-        parser.error(str(error))
+    except (ValueError, OSError) as error:  # OSError: a missing file, or a Hub repo that cannot be reached
+        parser.error(str(error).splitlines()[0])
     seconds = time.perf_counter() - started
     rows = write_samples(results, args, Path(args.out) / model_name)
     print_summary(rows, generated=sum(r["new_tokens"] for r in rows), seconds=seconds)
