@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 # The CPU build; override for a GPU machine, e.g. `make test TORCH=torch`.
 TORCH ?= torch==2.13.0
+# Debian's fluid-soundfont-gm: with it and fluidsynth, `make demo` also renders audio.
+SOUNDFONT ?= /usr/share/sounds/sf2/FluidR3_GM.sf2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -23,7 +25,8 @@ install: $(STAMP)
 # The bundled model writes a piece per composer, with its piano roll (and audio when FluidSynth is there).
 demo: install
 	$(BIN)/python scripts/generate.py --composers "Bach, Mozart, Chopin, Beethoven" --length 768 --plot \
-		--out outputs/demo $(if $(shell command -v fluidsynth),--render wav)
+		--soundfont $(SOUNDFONT) \
+		--out outputs/demo $(if $(and $(shell command -v fluidsynth),$(wildcard $(SOUNDFONT))),--render wav)
 
 lint: install
 	$(BIN)/ruff check .

@@ -80,16 +80,15 @@ def guide(logits: torch.Tensor, scale: float) -> torch.Tensor:
 class MusicVocabulary:
     """The saved music tokenizer, read with miditok alone: condition ids, grammar, MIDI <-> ids."""
 
-    def __init__(self, name_or_path: str, revision: str | None = None) -> None:
+    def __init__(self, name_or_path: str) -> None:
         files = {}
         for name in (MIDI_FILE, CONDITIONS_FILE):
-            files[name] = cached_file(
-                name_or_path, name, revision=revision, _raise_exceptions_for_missing_entries=False
-            )
+            files[name] = cached_file(name_or_path, name, _raise_exceptions_for_missing_entries=False)
             if files[name] is None:
                 raise FileNotFoundError(
                     f"no music tokenizer beside the model: looked for {MIDI_FILE} and {CONDITIONS_FILE} in "
-                    f"{name_or_path}; save one there with MusicTokenizer.save_pretrained, or pass music_tokenizer="
+                    f"{name_or_path} (offline: in the local Hugging Face cache); save one there with "
+                    "MusicTokenizer.save_pretrained, or pass music_tokenizer="
                 )
         self.base = miditok.REMI(params=files[MIDI_FILE])
         description = json.loads(Path(files[CONDITIONS_FILE]).read_text())
@@ -116,7 +115,7 @@ class MusicVocabulary:
 
     def condition_id(self, composer: str | None) -> int:
         """Id of a composer's condition token (None: unconditional); an unknown name is an error."""
-        if composer is None:
+        if not composer:
             return self.conditions[self.unknown]
         name = self._lookup.get(name_key(composer))
         if name is None:
@@ -170,9 +169,7 @@ class MidiGenerationPipeline(Pipeline):
         source = music_tokenizer or self.model.name_or_path
         if not source:
             raise ValueError("the model was not loaded from a folder or repo: pass music_tokenizer=<folder or repo>")
-        # from a Hub repo: the tokenizer of the very commit the weights came from
-        revision = None if music_tokenizer else getattr(self.model.config, "_commit_hash", None)
-        self.vocabulary = MusicVocabulary(str(source), revision)
+        self.vocabulary = MusicVocabulary(str(source))
         if self.device.type == "cpu" and self.model.dtype in (torch.float16, torch.bfloat16):
             self.model.float()  # half precision on CPU is slow, and not every kernel has it
         self.window = getattr(self.model.config, "n_positions", None)  # learned positions: slide past them
@@ -180,6 +177,8 @@ class MidiGenerationPipeline(Pipeline):
     def __call__(self, composer: str | list[str] | None = None, **kwargs) -> list[dict[str, Any]]:
         """`composer`: a name, a list of names (one batch), or None (no composer)."""
         composers = composer if isinstance(composer, (list, tuple)) else [composer]
+        if not composers:
+            raise ValueError("composer=[]: give a name, a list of names, or None (no composer)")
         return super().__call__({"composers": list(composers), "prompt": kwargs.pop("prompt", None)}, **kwargs)
 
     def _sanitize_parameters(
@@ -231,6 +230,8 @@ class MidiGenerationPipeline(Pipeline):
         seed: int | None = None,
         progress_bar: bool = False,
     ) -> dict[str, Any]:
+        if max_new_tokens < 1 or temperature <= 0:
+            raise ValueError(f"max_new_tokens ({max_new_tokens}) and temperature ({temperature}) must be positive")
         tokens = model_inputs["input_ids"]
         guided = guidance_scale != 1.0
         if guided:  # the unconditional branch: the same rows with Composer_Unknown, batched after them
@@ -244,10 +245,10 @@ class MidiGenerationPipeline(Pipeline):
         done = torch.zeros(rows, dtype=torch.bool, device=self.device)
         cache, step_ids, context = None, tokens, tokens.shape[1]
         for _ in tqdm(range(max_new_tokens), desc="generating", unit="token", disable=not progress_bar):
-            if self.window is not None and context >= self.window:
+            if self.window is not None and context > self.window:  # context: the cache after this forward
                 step_ids = self._window_ids(tokens)  # prefill again on the newest tokens
                 cache, context = None, step_ids.shape[1]
-            output = self.model(input_ids=step_ids, cache=cache, use_cache=True)
+            output = self.model(input_ids=step_ids, cache=cache, use_cache=True, logits_to_keep=1)
             cache, logits = output.cache, output.logits[:, -1].float()
             scores = processors(tokens[:rows], guide(logits, guidance_scale) if guided else logits)
             next_ids = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
@@ -265,7 +266,8 @@ class MidiGenerationPipeline(Pipeline):
     ) -> LogitsProcessorList:
         processors = LogitsProcessorList()
         if min_new_tokens:
-            processors.append(MinNewTokensLengthLogitsProcessor(start, min_new_tokens, self.vocabulary.eos_token_id))
+            eos = self.vocabulary.eos_token_id
+            processors.append(MinNewTokensLengthLogitsProcessor(start, min_new_tokens, eos, device=self.device))
         if grammar:
             processors.append(GrammarLogitsProcessor(self.vocabulary.grammar))
         if temperature != 1.0:
@@ -278,7 +280,7 @@ class MidiGenerationPipeline(Pipeline):
 
     def _window_ids(self, tokens: torch.Tensor) -> torch.Tensor:
         """BOS and condition, then the newest tokens: half a window, so the next prefill is far off."""
-        return torch.cat([tokens[:, :2], tokens[:, 2:][:, -(self.window // 2 - 2) :]], dim=1)
+        return torch.cat([tokens[:, :2], tokens[:, 2:][:, -max(self.window // 2 - 2, 1) :]], dim=1)
 
     def postprocess(self, model_outputs: dict[str, Any]) -> list[dict[str, Any]]:
         results = []

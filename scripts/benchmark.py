@@ -20,8 +20,8 @@ level before the prefill (on CPU the resident size says nothing once training ha
 the allocator's pool, so none is reported).
 
 `pipeline`: end-to-end sampling through `pipeline("midi-generation")` (untrained models at
-one preset, several samples in one batch, grammar on), ms per generated token at several
-lengths, with and without classifier-free guidance. GPT-2 keeps its preset's `n_positions`
+one preset, several samples in one batch, grammar on), ms per step (one new token for each
+sample) at several lengths, with and without classifier-free guidance. GPT-2 keeps its preset's `n_positions`
 here, so past it the pipeline's sliding window prefills again: the count and cost of those
 prefills are in the figures.
 

@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import symusic
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import HfArgumentParser, pipeline
 
 import modeling
 
 SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"  # Debian/Ubuntu's fluid-soundfont-gm
-FAMILY_OF_MODEL_TYPE = {"gpt2": "transformer", "music_mamba": "mamba", "music_xlstm": "xlstm"}
+FAMILY_OF_MODEL_TYPE = {config.model_type: family for family, config in modeling.presets.CONFIG_CLASSES.items()}
 
 
 @dataclass
@@ -80,7 +81,11 @@ def resolve_model(name: str | None) -> tuple[str, str]:
     path = Path(name)
     if path.is_dir():
         return str(path), path.resolve().name
-    if path.suffix or name.startswith((".", "/")) or name.count("/") != 1:
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ValueError(f"--model {name}: no such folder, and not a family name or a Hub repo id") from None
+    if name.count("/") != 1:
         raise ValueError(f"--model {name}: no such folder, and not a family name or a Hub repo id (owner/name)")
     return name, name.split("/")[1]
 
@@ -127,7 +132,7 @@ def plot_piano_roll(score: symusic.Score, path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = HfArgumentParser(Arguments)
     (args,) = parser.parse_args_into_dataclasses(args=argv)
-    composers = [name.strip() for name in args.composers.split(",") if name.strip()]
+    composers = list(dict.fromkeys(name.strip() for name in args.composers.split(",") if name.strip()))
     try:
         if not composers or args.length < 1 or args.num_samples < 1:
             raise ValueError("--composers needs at least one name, --length and --num-samples positive numbers")
@@ -163,10 +168,10 @@ def write_samples(results: list[dict], args: Arguments, folder: Path) -> list[di
     rows = []
     for i, result in enumerate(results):
         sample = i % args.num_samples
-        path = folder / result["composer"] / f"sample_{sample}.mid"
+        path = folder / result["composer"].replace("/", "_") / f"sample_{sample}.mid"  # an artist like AC/DC
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(result["midi"])
-        if args.plot:
+        if args.plot and result["score"].note_num():
             plot_piano_roll(result["score"], path.with_suffix(".png"), f"{result['composer']}, sample {sample}")
         if args.render:
             render_wav(path, args.soundfont)

@@ -114,7 +114,7 @@ def test_guidance_runs_both_branches_in_one_batch_and_changes_the_output(family,
     assert [r["tokens"] for r in same] == [r["tokens"] for r in plain]
 
 
-def test_gpt2_slides_its_window_past_its_positions(tokenizer, tmp_path):
+def test_gpt2_slides_its_window_past_its_positions(tokenizer, good_midis, tmp_path):
     model = tiny_model("transformer", tokenizer, n_positions=32)
     tokenizer.save_pretrained(tmp_path)
     generator = MidiGenerationPipeline(model=model, music_tokenizer=tmp_path, device="cpu")
@@ -125,14 +125,48 @@ def test_gpt2_slides_its_window_past_its_positions(tokenizer, tmp_path):
     [result] = generator(composer="Bach", max_new_tokens=80, min_new_tokens=80, seed=0)
     hook.remove()
     assert len(result["tokens"]) == 82 and result["score"].note_num() > 0
-    assert lengths.count(16) >= 4  # BOS, composer and the newest 14 tokens, prefilled again
+    assert lengths.count(16) == 3  # BOS, composer and the newest 14 tokens, prefilled at 33, 50 and 67 tokens
     assert lengths[0] == 2 and max(lengths) <= 32
+    # a prompt longer than the window, with guidance: the window starts at once, the prompt stays in the result
+    prompt_ids = tokenizer.encode(good_midis[0], "bach")[2:-1]
+    assert len(prompt_ids) > 32
+    lengths.clear()
+    hook = model.register_forward_pre_hook(
+        lambda _, args, kwargs: lengths.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
+    [result] = generator(composer="Bach", prompt=good_midis[0], max_new_tokens=20, min_new_tokens=20, guidance_scale=2)
+    hook.remove()
+    assert result["tokens"][2:-20] == prompt_ids and result["new_tokens"] == 20
+    assert lengths[0] == (2, 16) and max(shape[1] for shape in lengths) <= 32
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rows_that_end_early_are_cut_at_their_end(family, generators, tokenizer):
+    eos = tokenizer.eos_token_id
+
+    def end_the_first_row_only(module, inputs, output) -> None:
+        output.logits[0, -1, eos] += 100.0
+        output.logits[1, -1, eos] -= 100.0
+
+    hook = generators[family].model.register_forward_hook(end_the_first_row_only)
+    try:
+        first, second = generators[family](composer=["Bach", "Mozart"], max_new_tokens=30, seed=0)
+    finally:
+        hook.remove()
+    # the grammar allows the end only after music: BOS, composer, a bar, EOS
+    assert first["tokens"][2:] == [tokenizer.base.vocab["Bar_None"], eos] and first["new_tokens"] == 2
+    assert second["new_tokens"] == 30 and eos not in second["tokens"]
+    assert second["score"].note_num() > 0
 
 
 def test_bad_inputs_say_what_is_wrong(generators, folders, tmp_path):
     generator = generators["transformer"]
     with pytest.raises(ValueError, match=r"unknown composer 'Elgar': this model knows bach, .*mozart"):
         generator(composer="Elgar", max_new_tokens=4)
+    with pytest.raises(ValueError, match="give a name, a list of names, or None"):
+        generator(composer=[], max_new_tokens=4)
+    with pytest.raises(ValueError, match=r"max_new_tokens \(0\) and temperature \(1.0\) must be positive"):
+        generator(composer="Bach", max_new_tokens=0)
     with pytest.raises(ValueError, match="the prompt is not a readable MIDI file"):
         generator(composer="Bach", prompt=os.urandom(200), max_new_tokens=4)
     with pytest.raises(ValueError, match="the prompt is not a readable MIDI file"):
