@@ -170,6 +170,7 @@ class MidiGenerationPipeline(Pipeline):
         if not source:
             raise ValueError("the model was not loaded from a folder or repo: pass music_tokenizer=<folder or repo>")
         self.vocabulary = MusicVocabulary(str(source))
+        self.grammar = GrammarLogitsProcessor(self.vocabulary.grammar)  # built once, reused by every call
         if self.device.type == "cpu" and self.model.dtype in (torch.float16, torch.bfloat16):
             self.model.float()  # half precision on CPU is slow, and not every kernel has it
         self.window = getattr(self.model.config, "n_positions", None)  # learned positions: slide past them
@@ -269,7 +270,7 @@ class MidiGenerationPipeline(Pipeline):
             eos = self.vocabulary.eos_token_id
             processors.append(MinNewTokensLengthLogitsProcessor(start, min_new_tokens, eos, device=self.device))
         if grammar:
-            processors.append(GrammarLogitsProcessor(self.vocabulary.grammar))
+            processors.append(self.grammar)
         if temperature != 1.0:
             processors.append(TemperatureLogitsWarper(temperature))
         if top_k:

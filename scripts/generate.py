@@ -66,16 +66,17 @@ def family_of(folder: Path) -> str | None:
 
 def resolve_model(name: str | None) -> tuple[str, str]:
     """`(what to load, name for the output folder)` from `--model`."""
+    bundled = bundled_model()
     if name is None:
-        return str(bundled_model()), bundled_model().name
+        return str(bundled), bundled.name
     if name in modeling.FAMILIES:
         trained = Path("outputs") / f"{name}-small"
         if family_of(trained) == name:
             return str(trained), name
-        if family_of(bundled_model()) == name:
-            return str(bundled_model()), name
+        if family_of(bundled) == name:
+            return str(bundled), name
         raise ValueError(
-            f"no {name} model: {trained} holds none and the bundled model is a {family_of(bundled_model())}; "
+            f"no {name} model: {trained} holds none and the bundled model is a {family_of(bundled)}; "
             f"train one with `python scripts/train.py scripts/configs/{name}-small.yaml`, or pass a folder or repo id"
         )
     path = Path(name)

@@ -1,5 +1,6 @@
 """The midi-generation pipeline and scripts/generate.py, on tiny untrained models of each family."""
 
+import functools
 import importlib.util
 import json
 import os
@@ -213,6 +214,7 @@ print([r["tokens"] for r in generator(composer=["Bach", None], max_new_tokens=20
     assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
 
 
+@functools.cache
 def load_generate_script():
     spec = importlib.util.spec_from_file_location("generate_script", ROOT / "scripts" / "generate.py")
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
