@@ -1,5 +1,6 @@
 """What a training script needs beyond `Accelerator`: checkpoints that resume exactly and
-survive a kill while they are written, and held-out likelihood summed across ranks.
+survive a kill while they are written, held-out likelihood summed across ranks, and the
+ranked predictions of a classifier.
 
 A checkpoint is `accelerator.save_state` (model, optimizer, registered objects such as the
 scheduler, every rank's random state) plus one data-position file per rank (each rank
@@ -134,6 +135,11 @@ def evaluate(model: torch.nn.Module, batches: Iterable[dict], accelerator: Accel
         total += torch.stack([nll.double(), count.double()])
     model.train()
     nll, count = accelerator.reduce(total, reduction="sum").tolist()
+    return nll_summary(nll, count, notes)
+
+
+def nll_summary(nll: float, count: int, notes: int) -> dict:
+    """Loss (nats per token), bits per token and bits per note from summed nats over `count` tokens."""
     if not count:
         raise ValueError("the evaluation set has no tokens to predict: check the validation source")
     return {
@@ -142,6 +148,26 @@ def evaluate(model: torch.nn.Module, batches: Iterable[dict], accelerator: Accel
         "bits_per_note": nll / notes / math.log(2) if notes else float("nan"),
         "tokens": int(count),
     }
+
+
+@torch.no_grad()
+def rank_labels(model: torch.nn.Module, windows: list[list[int]], batch_size: int = 32) -> list[list[str]]:
+    """For each window of token ids, the classifier's label names, most likely first.
+
+    Windows are right-padded with the config's `pad_token_id`; sequence-classification
+    heads read the last token that is not padding.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    pad = model.config.pad_token_id
+    ranked = []
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start : start + batch_size]
+        length = max(len(w) for w in chunk)
+        input_ids = torch.tensor([w + [pad] * (length - len(w)) for w in chunk], device=device)
+        logits = model(input_ids=input_ids, attention_mask=(input_ids != pad).long()).logits
+        ranked.extend(logits.argsort(dim=-1, descending=True).tolist())
+    return [[model.config.id2label[i] for i in row] for row in ranked]
 
 
 def parameter_digest(model: torch.nn.Module) -> str:

@@ -1,4 +1,7 @@
+import functools
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -6,7 +9,17 @@ import symusic
 
 from tokenization import MusicTokenizer, list_midi_files, load_source
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@functools.cache
+def load_script(name: str):
+    """`scripts/<name>.py` as a module, loaded once (scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

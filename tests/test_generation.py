@@ -1,7 +1,5 @@
 """The midi-generation pipeline and scripts/generate.py, on tiny untrained models of each family."""
 
-import functools
-import importlib.util
 import json
 import os
 import shutil
@@ -15,6 +13,7 @@ import symusic
 import torch
 from transformers import AutoModelForCausalLM, pipeline
 
+from conftest import load_script
 from modeling import FAMILIES, MidiGenerationPipeline, build_config
 from modeling.pipeline_midi_generation import guide
 from tokenization import MusicGrammar
@@ -214,17 +213,9 @@ print([r["tokens"] for r in generator(composer=["Bach", None], max_new_tokens=20
     assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
 
 
-@functools.cache
-def load_generate_script():
-    spec = importlib.util.spec_from_file_location("generate_script", ROOT / "scripts" / "generate.py")
-    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cli_writes_a_file_per_composer_and_sample(family, folders, tmp_path, capsys):
-    rows = load_generate_script().main(
+    rows = load_script("generate").main(
         ["--model", str(folders[family]), "--composers", "Bach, Mozart", "--length", "32", "--num-samples", "2"]
         + ["--out", str(tmp_path), "--plot", "--seed", "3"]
     )
@@ -250,7 +241,7 @@ def test_cli_writes_a_file_per_composer_and_sample(family, folders, tmp_path, ca
 )
 def test_cli_bad_arguments_fail_with_one_line(argv, message, folders, capsys):
     with pytest.raises(SystemExit):
-        load_generate_script().main(["--model", str(folders["mamba"]), *argv])
+        load_script("generate").main(["--model", str(folders["mamba"]), *argv])
     assert message in capsys.readouterr().err
 
 
@@ -259,7 +250,7 @@ def test_cli_bad_arguments_fail_with_one_line(argv, message, folders, capsys):
     reason="FluidSynth or the fluid-soundfont-gm soundfont is not installed",
 )
 def test_cli_renders_audio_with_fluidsynth(folders, tmp_path):
-    load_generate_script().main(
+    load_script("generate").main(
         ["--model", str(folders["transformer"]), "--composers", "Bach", "--length", "48", "--out", str(tmp_path)]
         + ["--render", "wav"]
     )
@@ -271,7 +262,7 @@ def test_cli_renders_audio_with_fluidsynth(folders, tmp_path):
 
 
 def test_cli_family_names_find_a_trained_model_or_say_how_to_get_one(folders, tmp_path, monkeypatch):
-    script = load_generate_script()
+    script = load_script("generate")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "outputs").mkdir()
     (tmp_path / "outputs" / "mamba-small").symlink_to(folders["mamba"])
@@ -285,7 +276,7 @@ def test_cli_family_names_find_a_trained_model_or_say_how_to_get_one(folders, tm
 
 
 def test_the_bundled_model_is_small_and_generates_music():
-    folder = load_generate_script().bundled_model()
+    folder = load_script("generate").bundled_model()
     assert (folder / "model.safetensors").stat().st_size <= 25 * 2**20
     assert (folder / "README.md").read_text().startswith("---")  # a model card with metadata
     generator = pipeline("midi-generation", model=str(folder))

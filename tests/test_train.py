@@ -2,9 +2,7 @@
 `accelerate launch`, exact resume after SIGKILL, checkpoints that survive a kill while
 being written, the exported folder, and bad input."""
 
-import functools
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -21,6 +19,7 @@ from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, GPT2Config, pipeline
 
 import modeling
+from conftest import load_script
 from model_cards import hub_datasets
 from modeling.training import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from tokenization import BlockCollator, MusicTokenizer, TokenBlockStream, load_source
@@ -187,14 +186,6 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkey
     assert not (tmp_path / ".checkpoint-2.tmp").exists()
 
 
-@functools.cache
-def load_train_script():
-    spec = importlib.util.spec_from_file_location("train_script", ROOT / "scripts" / "train.py")
-    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -215,7 +206,7 @@ def load_train_script():
 def test_bad_arguments_fail_at_start_with_a_clear_message(argv, message, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     with pytest.raises(SystemExit) as exit_info:
-        load_train_script().parse_arguments(argv)
+        load_script("train").parse_arguments(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -224,13 +215,13 @@ def test_unknown_key_in_a_preset_names_it(tmp_path, capsys):
     preset = tmp_path / "preset.yaml"
     preset.write_text("family: mamba\nlearnig_rate: 0.1\n")
     with pytest.raises(SystemExit):
-        load_train_script().parse_arguments([str(preset)])
+        load_script("train").parse_arguments([str(preset)])
     error = capsys.readouterr().err
     assert "unknown key(s) learnig_rate" in error and "learning_rate" in error
 
 
 def test_every_shipped_preset_parses_and_builds_its_model():
-    train_script = load_train_script()
+    train_script = load_script("train")
     tokenizer = MusicTokenizer(composers=["bach"])
     presets = sorted((ROOT / "scripts" / "configs").glob("*.yaml"))
     assert len(presets) == 9
@@ -245,7 +236,7 @@ def test_every_shipped_preset_parses_and_builds_its_model():
 def test_a_fresh_run_refuses_an_output_dir_with_checkpoints(two_process_run, capsys):
     output_dir, _ = two_process_run
     with pytest.raises(SystemExit):
-        load_train_script().parse_arguments(["--output_dir", str(output_dir)])
+        load_script("train").parse_arguments(["--output_dir", str(output_dir)])
     assert "already holds checkpoints: continue with --resume_from_checkpoint latest" in capsys.readouterr().err
 
 
@@ -260,7 +251,7 @@ def test_push_uploads_the_model_folder_in_the_background(tmp_path, monkeypatch):
             calls.append(("upload_folder", kwargs))
             return "future"
 
-    train_script = load_train_script()
+    train_script = load_script("train")
     monkeypatch.setattr(train_script, "HfApi", FakeApi)
     args = train_script.TrainArguments(push_to_hub=True, hub_model_id="me/mamba-midi", hub_private=True)
     assert train_script.push(tmp_path, args, "step 5") == "future"

@@ -1,0 +1,430 @@
+"""Evaluate a MIDI language model against real music: likelihood, a composer classifier, statistics.
+
+    python scripts/evaluate.py outputs/compare/mamba --classifier outputs/classifier \\
+        --source ../shared/data/midi-classical-music --json outputs/eval/mamba.json --guidance_scales 1 3
+    python scripts/evaluate.py outputs/ngram-classical --classifier outputs/classifier \\
+        --source ../shared/data/midi-classical-music --json outputs/eval/ngram.json
+    python scripts/evaluate.py --table outputs/eval/*.json
+
+MODEL is a model folder or Hub repo id (any of the three families), or an n-gram folder from
+`train_ngram.py`. On the source's test split it measures bits per token and per note (notes
+make models with different vocabularies comparable). For each guidance scale it samples
+`--num_samples` pieces of `--length` tokens per composer and reports how often the
+classifier names the requested composer (top-1, top-3; the same on the opening window of
+real test pieces is the ceiling), and how far generated statistics are from real ones
+(pitch-class histogram, pitch range, polyphony, note density, inter-onset intervals:
+overlapping area, 1 = same, and KL divergence, 0 = same), per composer. Real excerpts are
+cut to the same number of tokens as the samples, since range and density grow with length.
+The JSON holds everything; a markdown report with plots goes beside it. `--table` prints the
+README's comparison table from several JSON files.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import symusic
+import torch
+from accelerate import Accelerator
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    HfArgumentParser,
+    LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
+    TopPLogitsWarper,
+    pipeline,
+)
+
+import modeling
+from modeling.ngram import CONFIG_NAME as NGRAM_CONFIG
+from modeling.ngram import NGramModel
+from modeling.pipeline_midi_generation import GrammarLogitsProcessor
+from modeling.training import evaluate, nll_summary, rank_labels
+from tokenization import BlockCollator, MusicGrammar, MusicTokenizer, evaluation_blocks, load_source, skip_summary
+from tokenization.classification import frame, labelled_pieces, music_ids
+from tokenization.composers import canonical_composer
+from tokenization.metrics import BINS, FEATURES, set_distances, set_histograms, topk_accuracy
+
+
+@dataclass
+class Arguments:
+    model: str | None = field(default=None, metadata={"help": "Model folder or repo id, or an n-gram folder."})
+    classifier: str | None = field(default=None, metadata={"help": "Folder of train_classifier.py's output."})
+    source: str | None = field(default=None, metadata={"help": "MIDI source whose test split is the reference."})
+    json: str | None = field(default=None, metadata={"help": "Results file; the report goes beside it (.md)."})
+    composers: str | None = field(default=None, metadata={"help": "Comma-separated (default: the classifier's)."})
+    num_samples: int = field(default=8, metadata={"help": "Generated pieces per composer and guidance scale."})
+    length: int = field(default=512, metadata={"help": "Tokens per generated piece (and per real excerpt)."})
+    guidance_scales: list[float] = field(default_factory=lambda: [1.0], metadata={"help": "1 = no guidance."})
+    top_p: float = field(default=0.95)
+    seed: int = field(default=0)
+    max_test_files: int | None = field(
+        default=None, metadata={"help": "Test pieces for the likelihood (default: all; the rest always uses all)."}
+    )
+    block_size: int = field(default=1024, metadata={"help": "Tokens per likelihood block (GPT-2: its positions)."})
+    batch_size: int = field(default=8)
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default: cuda if available)."})
+    table: list[str] | None = field(default=None, metadata={"help": "Print a comparison table of these JSONs."})
+
+
+def parse_arguments(argv: list[str]) -> tuple[HfArgumentParser, Arguments]:
+    """MODEL may come first without `--model`, as in `evaluate.py MODEL --classifier ...`."""
+    parser = HfArgumentParser(Arguments)
+    if argv and not argv[0].startswith("-"):
+        argv = ["--model", *argv]
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    if args.table:
+        return parser, args
+    missing = [name for name in ("model", "classifier", "source", "json") if getattr(args, name) is None]
+    if missing:
+        parser.error(
+            f"missing {', '.join('--' + m for m in missing)}: "
+            "evaluate.py MODEL --classifier CLS --source URI --json OUT"
+        )
+    if min(args.num_samples, args.length, args.batch_size) < 1 or args.block_size < 2:
+        parser.error("--num_samples, --length and --batch_size must be positive, --block_size at least 2")
+    return parser, args
+
+
+class Evaluated:
+    """The model under evaluation: a transformer-family model or an n-gram, with its tokenizer."""
+
+    def __init__(self, name: str, device: str) -> None:
+        self.name, self.device = name, device
+        self.tokenizer = MusicTokenizer.from_pretrained(name)  # first: a folder without one fails clearly
+        if (Path(name) / NGRAM_CONFIG).is_file():
+            self.kind, self.ngram = "ngram", NGramModel.from_pretrained(name)
+            self.parameters = None
+        else:
+            self.kind = "neural"
+            self.model = AutoModelForCausalLM.from_pretrained(name).to(device).float()
+            self.parameters = sum(p.numel() for p in self.model.parameters())
+
+    @property
+    def family(self) -> str:
+        return "ngram" if self.kind == "ngram" else self.model.config.model_type
+
+    def likelihood(self, rows: list[dict], args: Arguments) -> dict:
+        """Bits per token and per note over the test pieces, in blocks as `train.py` evaluates."""
+        size = (
+            min(args.block_size, getattr(self.model.config, "n_positions", args.block_size))
+            if self.kind == "neural"
+            else args.block_size
+        )
+        blocks, notes, skipped = evaluation_blocks(rows, self.tokenizer, size)
+        if not blocks:
+            raise ValueError(f"no usable test piece in {args.source} ({skip_summary(skipped)})")
+        if self.kind == "ngram":
+            nll, count = map(sum, zip(*(self.ngram.sequence_nll(block) for block in blocks), strict=True))
+            return nll_summary(nll, count, notes) | {"notes": notes}
+        collate = BlockCollator(self.tokenizer.pad_token_id)
+        batches = [
+            collate([{"input_ids": b} for b in blocks[i : i + args.batch_size]])
+            for i in range(0, len(blocks), args.batch_size)
+        ]
+        accelerator = Accelerator(cpu=self.device == "cpu")
+        return evaluate(self.model, batches, accelerator, notes) | {"notes": notes}
+
+    def generate(self, composers: list[str], args: Arguments, guidance_scale: float) -> list[list[int]]:
+        """`num_samples` token sequences per composer (composer-major order), each `length` new tokens."""
+        if self.kind == "neural":
+            generator = pipeline(
+                "midi-generation",
+                model=self.model,
+                music_tokenizer=self.name,
+                pipeline_class=modeling.MidiGenerationPipeline,
+                device=self.device,
+            )
+            results = generator(
+                composer=composers,
+                num_return_sequences=args.num_samples,
+                max_new_tokens=args.length,
+                min_new_tokens=args.length,
+                top_p=args.top_p,
+                guidance_scale=guidance_scale,
+                seed=args.seed,
+                progress_bar=True,
+            )
+            return [r["tokens"] for r in results]
+        prompts = [
+            [self.tokenizer.bos_token_id, self.tokenizer.composer_token_id(c)]
+            for c in composers
+            for _ in range(args.num_samples)
+        ]
+        processors = LogitsProcessorList(
+            [
+                MinNewTokensLengthLogitsProcessor(2, args.length, self.tokenizer.eos_token_id),
+                GrammarLogitsProcessor(MusicGrammar(self.tokenizer).to_dict()),
+                TopPLogitsWarper(args.top_p),
+            ]
+        )
+        generator = torch.Generator().manual_seed(args.seed)
+        return self.ngram.generate(prompts, args.length, self.tokenizer.eos_token_id, processors, generator)
+
+
+def training_speed(name: str) -> float | None:
+    """Median training tokens/s logged in the model folder's `metrics.jsonl`, if it has one."""
+    path = Path(name) / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    speeds = [
+        line["train/tokens_per_second"]
+        for line in map(json.loads, path.read_text().splitlines())
+        if "train/tokens_per_second" in line
+    ]
+    return statistics.median(speeds) if speeds else None
+
+
+def real_excerpts(
+    rows: list[dict], tokenizer: MusicTokenizer, composers: list[str], length: int
+) -> dict[str, list[symusic.Score]]:
+    """Per composer, the opening `length` tokens of each test piece, as scores."""
+    pieces = labelled_pieces(rows, tokenizer, set(composers), Counter())
+    excerpts: dict[str, list[symusic.Score]] = {name: [] for name in composers}
+    for piece in pieces:
+        excerpts[piece.composer].append(tokenizer.decode(piece.music[:length]))
+    return excerpts
+
+
+def classify(classifier, tokenizer: MusicTokenizer, scores: list[symusic.Score], window: int) -> list[list[str]]:
+    windows = [frame(tokenizer, music_ids(tokenizer, score)[:window]) for score in scores]
+    return rank_labels(classifier, windows)
+
+
+def run_generation(
+    evaluated: Evaluated,
+    args: Arguments,
+    scale: float,
+    composers: list[str],
+    classifier,
+    classifier_tokenizer,
+    real_histograms,
+) -> tuple[dict, dict]:
+    started = time.perf_counter()
+    samples = evaluated.generate(composers, args, scale)
+    seconds = time.perf_counter() - started
+    scores = [evaluated.tokenizer.decode(ids) for ids in samples]
+    requested = [c for c in composers for _ in range(args.num_samples)]
+    window = classifier.config.window_tokens
+    accuracy = topk_accuracy(requested, classify(classifier, classifier_tokenizer, scores, window))
+    histograms = {c: set_histograms(s for s, r in zip(scores, requested, strict=True) if r == c) for c in composers}
+    distances = {c: set_distances(real_histograms[c], histograms[c]) for c in composers}
+    new_tokens = sum(len(ids) - 2 for ids in samples)
+    run = {
+        "guidance_scale": scale,
+        "classifier": accuracy,
+        "distances": distances,
+        "mean_distances": mean_distances(distances),
+        "notes_per_sample": float(np.mean([s.note_num() for s in scores])),
+        "empty_samples": sum(s.note_num() == 0 for s in scores),
+        "generation": {
+            "seconds": seconds,
+            "batch": len(samples),
+            "new_tokens": new_tokens,
+            "ms_per_token": 1000 * seconds / new_tokens,
+            "ms_per_step": 1000 * seconds / args.length,
+        },
+    }
+    return run, histograms
+
+
+def mean_distances(distances: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per feature, overlap and KL averaged over composers (those with values)."""
+    means = {}
+    for feature in FEATURES:
+        values = [d[feature] for d in distances.values()]
+        means[feature] = {
+            key: float(np.nanmean([v[key] for v in values]))
+            if any(not np.isnan(v[key]) for v in values)
+            else float("nan")
+            for key in ("overlap", "kl")
+        }
+    return means
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    parser, args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    if args.table:
+        print(comparison_table([json.loads(Path(p).read_text()) for p in args.table]))
+        return None
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        evaluated = Evaluated(args.model, device)
+        classifier = AutoModelForSequenceClassification.from_pretrained(args.classifier).to(device)
+        classifier_tokenizer = MusicTokenizer.from_pretrained(args.classifier)
+        composers = (
+            [canonical_composer(n) for n in args.composers.split(",") if n.strip()]
+            if args.composers
+            else list(classifier.config.label2id)
+        )
+        unknown = [
+            c for c in composers if c not in classifier.config.label2id or c not in evaluated.tokenizer.composers
+        ]
+        if unknown:
+            raise ValueError(
+                f"composer(s) {', '.join(unknown)} unknown to the model or the classifier "
+                f"({', '.join(classifier.config.label2id)})"
+            )
+        rows = list(load_source(args.source, "test"))
+        # the likelihood may take a fixed sample of the split, as train.py's --eval_max_files does
+        scored = (
+            rows
+            if args.max_test_files is None
+            else list(load_source(args.source, "test", max_files=args.max_test_files))
+        )
+    except (ValueError, OSError) as error:
+        parser.error(str(error).splitlines()[0])
+    results = {
+        "model": args.model,
+        "family": evaluated.family,
+        "parameters": evaluated.parameters,
+        "training_tokens_per_second": training_speed(args.model),
+        "classifier": args.classifier,
+        "source": args.source,
+        "arguments": asdict(args),
+        "likelihood": evaluated.likelihood(scored, args),
+    }
+    excerpts = real_excerpts(rows, evaluated.tokenizer, composers, args.length)
+    missing = [c for c, found in excerpts.items() if not found]
+    if missing:
+        parser.error(
+            f"the test split of {args.source} has no piece of {', '.join(missing)}: "
+            "choose --composers among the others"
+        )
+    real_scores = [score for c in composers for score in excerpts[c]]
+    real_labels = [c for c in composers for _ in excerpts[c]]
+    window = classifier.config.window_tokens
+    results["real"] = {
+        "pieces": {c: len(excerpts[c]) for c in composers},
+        "chance": {"top1": 1 / len(classifier.config.id2label), "top3": min(3 / len(classifier.config.id2label), 1.0)},
+        "classifier": topk_accuracy(real_labels, classify(classifier, classifier_tokenizer, real_scores, window)),
+    }
+    real_histograms = {c: set_histograms(excerpts[c]) for c in composers}
+    results["runs"], plots = [], []
+    output = Path(args.json)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    for scale in args.guidance_scales:
+        if evaluated.kind == "ngram" and scale != 1.0:
+            continue  # an n-gram has no unconditional branch to guide with
+        run, histograms = run_generation(
+            evaluated, args, scale, composers, classifier, classifier_tokenizer, real_histograms
+        )
+        results["runs"].append(run)
+        plots.append(
+            plot_histograms(
+                real_histograms,
+                histograms,
+                output.with_name(f"{output.stem}_guidance{scale:g}.png"),
+                f"{Path(args.model).name}, guidance {scale:g}",
+            )
+        )
+    output.write_text(json.dumps(results, indent=2))
+    output.with_suffix(".md").write_text(report(results, plots))
+    print(report(results, plots))
+    return results
+
+
+def plot_histograms(real: dict, generated: dict, path: Path, title: str) -> Path:
+    """One row per composer, one column per feature: real and generated histograms overlaid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(len(real), len(FEATURES), figsize=(3 * len(FEATURES), 1.8 * len(real)), squeeze=False)
+    for row, composer in enumerate(real):
+        for column, feature in enumerate(FEATURES):
+            ax = axes[row][column]
+            x = np.arange(len(BINS[feature]) - 1)
+            ax.bar(x, real[composer][feature], width=1.0, alpha=0.5, label="real")
+            ax.bar(x, generated[composer][feature], width=1.0, alpha=0.5, label="generated")
+            ax.set_xticks([])
+            if row == 0:
+                ax.set_title(feature.replace("_", " "))
+            if column == 0:
+                ax.set_ylabel(composer)
+    axes[0][0].legend(fontsize="small")
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
+
+
+def report(results: dict, plots: list[Path]) -> str:
+    nll = results["likelihood"]
+    lines = [
+        f"# Evaluation of {results['model']} ({results['family']})",
+        "",
+        f"Test split of {results['source']}: {nll['tokens']} tokens, {nll['notes']} notes: "
+        f"**{nll['bits_per_token']:.3f} bits/token, {nll['bits_per_note']:.2f} bits/note**.",
+        "",
+        "## Composer classifier (top-1 / top-3 of the requested composer)",
+        "",
+        "| composer | real | " + " | ".join(f"guidance {r['guidance_scale']:g}" for r in results["runs"]) + " |",
+        "|---|---|" + "---|" * len(results["runs"]),
+    ]
+    real = results["real"]["classifier"]
+    for name in [*real["per_class"], "mean"]:
+        cells = [real["per_class"][name] if name != "mean" else real["mean"]] + [
+            r["classifier"]["per_class"].get(name) if name != "mean" else r["classifier"]["mean"]
+            for r in results["runs"]
+        ]
+        lines.append(
+            f"| {name} | " + " | ".join(f"{c['top1']:.3f} / {c['top3']:.3f}" if c else "-" for c in cells) + " |"
+        )
+    lines += ["", "## Statistics: overlap with real music (1 = same) / KL (0 = same), mean over composers", ""]
+    lines += ["| guidance | " + " | ".join(FEATURES) + " | ms/token |", "|---|" + "---|" * (len(FEATURES) + 1)]
+    for run in results["runs"]:
+        cells = [f"{run['mean_distances'][f]['overlap']:.3f} / {run['mean_distances'][f]['kl']:.3f}" for f in FEATURES]
+        lines.append(
+            f"| {run['guidance_scale']:g} | " + " | ".join(cells) + f" | {run['generation']['ms_per_token']:.2f} |"
+        )
+    lines += ["", *(f"![{p.stem}]({p.name})" for p in plots), ""]
+    return "\n".join(lines)
+
+
+def comparison_table(results: list[dict]) -> str:
+    """The README's table: one row per model and guidance scale."""
+    header = (
+        "| model | params | train tok/s | bits/token | bits/note | guidance | classifier top-1 / top-3 | "
+        + " | ".join(f"{f} overlap" for f in FEATURES)
+        + " | ms/token |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for result in results:
+        nll, speed = result["likelihood"], result["training_tokens_per_second"]
+        params = f"{result['parameters'] / 1e6:.1f}M" if result["parameters"] else "-"
+        for run in result["runs"]:
+            accuracy = run["classifier"]["mean"]
+            overlaps = " | ".join(f"{run['mean_distances'][f]['overlap']:.2f}" for f in FEATURES)
+            cells = [
+                f"{Path(result['model']).name} ({result['family']})",
+                params,
+                f"{speed:.0f}" if speed else "-",
+                f"{nll['bits_per_token']:.3f}",
+                f"{nll['bits_per_note']:.2f}",
+                f"{run['guidance_scale']:g}",
+                f"{accuracy['top1']:.3f} / {accuracy['top3']:.3f}",
+                overlaps,
+                f"{run['generation']['ms_per_token']:.2f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    if results:
+        real, chance = results[0]["real"]["classifier"]["mean"], results[0]["real"]["chance"]
+        for name, accuracy, overlap in (("real test music (opening windows)", real, "1"), ("chance", chance, "")):
+            cells = [name, *[""] * 5, f"{accuracy['top1']:.3f} / {accuracy['top3']:.3f}"]
+            lines.append("| " + " | ".join(cells + [overlap] * len(FEATURES) + [""]) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

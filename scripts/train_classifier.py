@@ -1,0 +1,235 @@
+"""Train a composer classifier over music tokens: the judge of generated music.
+
+    python scripts/train_classifier.py --sources ../shared/data/midi-classical-music \\
+        --init_from modeling/pretrained/gpt2-small-classical --output_dir outputs/classifier
+    accelerate launch --config_file accelerate_configs/cpu_2proc.yaml scripts/train_classifier.py \\
+        --sources bundled --preset tiny --max_steps 50 --output_dir outputs/classifier-tiny
+
+A sequence-classification head on GPT-2: on a trained language model (`--init_from`, whose
+tokenizer it keeps) or on a fresh GPT-2 of a preset size (`--preset`, `--tokenizer`). It
+learns from class-balanced random windows of the training split's pieces, checkpoints and
+resumes like `train.py`, and ends with top-1 / top-3 accuracy per composer on windows of
+the test split, the ceiling for generated music. The output folder loads with
+`AutoModelForSequenceClassification.from_pretrained` and holds the tokenizer and
+`classifier_results.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import AutoModelForSequenceClassification, HfArgumentParser, get_scheduler
+
+import modeling
+from modeling.training import list_checkpoints, load_checkpoint, rank_labels, resolve_checkpoint, save_checkpoint
+from tokenization import MusicTokenizer, load_source, skip_summary, tokenizer_for_sources
+from tokenization.classification import composers_by_files, evaluation_windows, labelled_pieces, training_batch
+from tokenization.composers import canonical_composer
+from tokenization.metrics import topk_accuracy
+
+logger = get_logger(__name__)
+RESULTS_FILE = "classifier_results.json"
+
+
+@dataclass
+class Arguments:
+    sources: list[str] = field(default_factory=lambda: ["bundled"], metadata={"help": "MIDI sources (train.py's)."})
+    init_from: str | None = field(
+        default=None, metadata={"help": "A trained GPT-2 model folder or repo id to put the head on."}
+    )
+    preset: str = field(default="tiny", metadata={"help": "GPT-2 size without --init_from: tiny, small or base."})
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "Tokenizer without --init_from (default: built from the sources)."}
+    )
+    composers: str | None = field(
+        default=None, metadata={"help": "Comma-separated classes (default: those with --min_files training files)."}
+    )
+    min_files: int = field(default=100, metadata={"help": "Training files a composer needs to be a class."})
+    max_pieces_per_composer: int = field(default=200, metadata={"help": "Training pieces read per composer."})
+    window_tokens: int = field(default=256, metadata={"help": "Music tokens per classified window."})
+    eval_windows_per_piece: int = field(default=4, metadata={"help": "Windows of each test piece evaluated."})
+    per_device_train_batch_size: int = field(default=16)
+    per_device_eval_batch_size: int = field(default=32)
+    learning_rate: float = field(default=3e-4)
+    weight_decay: float = field(default=0.01)
+    warmup_steps: int = field(default=20)
+    max_steps: int = field(default=300)
+    logging_steps: int = field(default=10)
+    save_steps: int = field(default=100, metadata={"help": "Checkpoint every N steps (0: only at the end)."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (empty: all)."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder."})
+    output_dir: str = field(default="outputs/classifier")
+    seed: int = field(default=42)
+
+
+def class_names(args: Arguments) -> list[str]:
+    if args.composers:
+        names = list(dict.fromkeys(canonical_composer(n) for n in args.composers.split(",") if n.strip()))
+    else:
+        names = sorted({name for uri in args.sources for name in composers_by_files(uri, args.min_files)})
+    if len(names) < 2:
+        raise ValueError(
+            f"a classifier needs at least 2 composers, got {names or 'none'}: lower --min_files or name them "
+            "with --composers"
+        )
+    return names
+
+
+def load_backbone(args: Arguments, names: list[str]) -> tuple[torch.nn.Module, MusicTokenizer]:
+    """The model with a fresh head over `names`, and its tokenizer."""
+    labels = {
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": {n: i for i, n in enumerate(names)},
+    }
+    if args.init_from:
+        tokenizer = MusicTokenizer.from_pretrained(args.init_from)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                args.init_from, pad_token_id=tokenizer.pad_token_id, dtype=torch.float32, **labels
+            )  # float32 whatever the checkpoint holds: accelerate's mixed precision handles the rest
+        except ValueError as error:
+            raise ValueError(
+                f"{args.init_from} has no sequence-classification head in transformers "
+                f"({str(error).splitlines()[0]}): start from a GPT-2 (transformer) model"
+            ) from None
+    else:
+        tokenizer = (
+            MusicTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else tokenizer_for_sources(args.sources)
+        )
+        config = modeling.build_config("transformer", args.preset, tokenizer, **labels)
+        model = AutoModelForSequenceClassification.from_config(config)
+    missing = [n for n in names if n not in tokenizer.composers]
+    if missing:
+        logger.warning("the tokenizer has no condition token for %s (fine: windows carry none)", ", ".join(missing))
+    model.config.window_tokens = args.window_tokens
+    return model, tokenizer
+
+
+def read_pieces(args: Arguments, tokenizer: MusicTokenizer, names: list[str], split: str, limit: int | None):
+    skipped: Counter = Counter()
+    pieces = [
+        piece
+        for uri in args.sources
+        for piece in labelled_pieces(load_source(uri, split), tokenizer, set(names), skipped, limit)
+    ]
+    logger.info("%s: %d pieces of %d composers; %s", split, len(pieces), len(names), skip_summary(skipped))
+    return pieces
+
+
+def held_out_accuracy(model, tokenizer, args: Arguments, names: list[str]) -> dict:
+    """Top-1 / top-3 per composer on test-split windows (the ceiling for generated music)."""
+    pieces = read_pieces(args, tokenizer, names, "test", None)
+    windows, labels = evaluation_windows(pieces, tokenizer, args.window_tokens, args.eval_windows_per_piece)
+    if not windows:
+        raise ValueError(f"the test split of {', '.join(args.sources)} has no piece of {', '.join(names)}")
+    ranked = rank_labels(model, windows, args.per_device_eval_batch_size)
+    return topk_accuracy(labels, ranked) | {"pieces": len(pieces), "windows": len(windows)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = HfArgumentParser(Arguments)
+    (args,) = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    set_seed(args.seed)  # before the head is initialised
+    try:
+        if min(args.window_tokens, args.max_steps, args.per_device_train_batch_size) < 1:
+            raise ValueError("--window_tokens, --max_steps and --per_device_train_batch_size must be positive")
+        if not args.resume_from_checkpoint and list_checkpoints(output_dir):
+            raise ValueError(
+                f"{output_dir} holds checkpoints: add --resume_from_checkpoint latest or change --output_dir"
+            )
+        names = class_names(args)
+        model, tokenizer = load_backbone(args, names)
+    except (ValueError, OSError) as error:
+        parser.error(str(error).splitlines()[0])
+    pieces = read_pieces(args, tokenizer, names, "train", args.max_pieces_per_composer)
+    by_composer = {name: [p for p in pieces if p.composer == name] for name in names}
+    empty = [name for name, found in by_composer.items() if not found]
+    if empty:
+        parser.error(f"no usable training piece of {', '.join(empty)} in {', '.join(args.sources)}")
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    scheduler = get_scheduler(
+        "cosine", optimizer, num_warmup_steps=args.warmup_steps, num_training_steps=args.max_steps
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    state = {"step": 0, "classes": names}
+    checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint) if args.resume_from_checkpoint else None
+    if checkpoint is not None:
+        state, _ = load_checkpoint(accelerator, checkpoint)
+        if state["classes"] != names:
+            parser.error(f"{checkpoint} was trained on {', '.join(state['classes'])}: resume with the same composers")
+        logger.info("resumed from %s at step %d", checkpoint, state["step"])
+
+    label2id = accelerator.unwrap_model(model).config.label2id
+    progress = tqdm(
+        range(state["step"] + 1, args.max_steps + 1), desc="training", disable=not accelerator.is_main_process
+    )
+    model.train()
+    correct, seen, loss_sum = 0, 0, 0.0
+    for step in progress:
+        # Batches depend only on (seed, rank, step): a resumed run draws exactly the same ones.
+        rng = random.Random(f"{args.seed}-{accelerator.process_index}-{step}")
+        windows, labels = training_batch(
+            by_composer, tokenizer, args.window_tokens, args.per_device_train_batch_size, rng
+        )
+        length = max(len(w) for w in windows)
+        input_ids = torch.tensor([w + [tokenizer.pad_token_id] * (length - len(w)) for w in windows])
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": (input_ids != tokenizer.pad_token_id).long(),
+            "labels": torch.tensor([label2id[name] for name in labels]),
+        }
+        output = model(**{k: v.to(accelerator.device) for k, v in batch.items()})
+        accelerator.backward(output.loss)
+        accelerator.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        correct += (output.logits.argmax(-1).cpu() == batch["labels"]).sum().item()
+        seen, loss_sum = seen + len(labels), loss_sum + output.loss.item()
+        if step % args.logging_steps == 0:
+            progress.set_postfix(loss=f"{loss_sum / args.logging_steps:.3f}", accuracy=f"{correct / seen:.2f}")
+            correct, seen, loss_sum = 0, 0, 0.0
+        state["step"] = step
+        if (args.save_steps and step % args.save_steps == 0) or step == args.max_steps:
+            save_checkpoint(
+                accelerator, output_dir, step, state, {}, args.save_total_limit, save_extra=tokenizer.save_pretrained
+            )
+
+    results = {}
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        results = {"test": held_out_accuracy(unwrapped, tokenizer, args, names), "arguments": asdict(args)}
+        unwrapped.save_pretrained(output_dir)
+        tokenizer.save_pretrained(output_dir)
+        (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+        print_accuracy(results["test"])
+    accelerator.wait_for_everyone()
+    return results
+
+
+def print_accuracy(test: dict) -> None:
+    print(f"\n{'composer':<16} {'windows':>7} {'top-1':>6} {'top-3':>6}")
+    for name, row in test["per_class"].items():
+        print(f"{name:<16} {row['count']:>7} {row['top1']:>6.3f} {row['top3']:>6.3f}")
+    print(f"{'mean':<16} {test['windows']:>7} {test['mean']['top1']:>6.3f} {test['mean']['top3']:>6.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Fit the n-gram baseline (interpolated Kneser-Ney) on the training split of MIDI sources.
+
+    python scripts/train_ngram.py --sources ../shared/data/midi-classical-music \\
+        --tokenizer outputs/tokenizer-classical-4096 --order 4 --output_dir outputs/ngram-classical
+
+It counts the same token ids the neural models train on (`BOS, Composer_x, music, EOS` per
+piece), so `scripts/evaluate.py` scores it like them: what a model learns beyond the last
+`order - 1` tokens shows as the gap between the two. The folder holds the counts, the
+tokenizer and `metrics.jsonl` (tokens and tokens/s, as `train.py` logs them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser
+
+from modeling.ngram import NGramModel
+from tokenization import MusicTokenizer, mix_sources, skip_summary, tokenizer_for_sources
+from tokenization.blocks import encode_example
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Arguments:
+    sources: list[str] = field(default_factory=lambda: ["bundled"], metadata={"help": "MIDI sources (train.py's)."})
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "Tokenizer folder or repo id (default: built from the sources)."}
+    )
+    order: int = field(default=4, metadata={"help": "n: the model sees the last n-1 tokens."})
+    max_train_tokens: int | None = field(default=None, metadata={"help": "Stop reading after this many tokens."})
+    output_dir: str = field(default="outputs/ngram")
+    seed: int = field(default=42)
+
+
+def main(argv: list[str] | None = None) -> NGramModel:
+    parser = HfArgumentParser(Arguments)
+    (args,) = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.order < 1:
+        parser.error(f"--order must be at least 1, got {args.order}")
+    try:
+        tokenizer = (
+            MusicTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else tokenizer_for_sources(args.sources)
+        )
+        # Files in random order (each file is a shard), so that --max_train_tokens samples every
+        # composer rather than the first ones by name.
+        rows = mix_sources(args.sources, "train", repeat=False).shuffle(seed=args.seed, buffer_size=1)
+    except (ValueError, OSError) as error:
+        parser.error(str(error).splitlines()[0])
+    sequences, tokens, skipped = [], 0, Counter()
+    for row in tqdm(rows, desc="tokenizing", unit="file"):
+        encoded = encode_example(tokenizer, row, skipped)
+        if encoded is not None:
+            sequences.append(encoded[1])
+            tokens += len(encoded[1])
+        if args.max_train_tokens and tokens >= args.max_train_tokens:
+            break
+    if not sequences:
+        parser.error(f"no usable training piece in {', '.join(args.sources)} ({skip_summary(skipped)})")
+    logger.info("%d pieces, %d tokens; %s", len(sequences), tokens, skip_summary(skipped))
+    started = time.perf_counter()
+    model = NGramModel.fit(sequences, len(tokenizer), order=args.order)
+    seconds = time.perf_counter() - started
+    output_dir = Path(args.output_dir)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    line = {"step": 1, "train/tokens": tokens, "train/tokens_per_second": tokens / seconds}
+    (output_dir / "metrics.jsonl").write_text(json.dumps(line) + "\n")
+    logger.info(
+        "%d-gram counted in %.1f s (%.0f tokens/s), saved to %s", args.order, seconds, tokens / seconds, output_dir
+    )
+    return model
+
+
+if __name__ == "__main__":
+    main()
