@@ -49,7 +49,7 @@ from modeling.ngram import NGramModel
 from modeling.pipeline_midi_generation import GrammarLogitsProcessor
 from modeling.training import evaluate, nll_summary, rank_labels
 from tokenization import BlockCollator, MusicGrammar, MusicTokenizer, evaluation_blocks, load_source, skip_summary
-from tokenization.classification import frame, labelled_pieces, music_ids
+from tokenization.classification import frame, labelled_pieces, music_ids, same_vocabulary
 from tokenization.composers import canonical_composer
 from tokenization.metrics import BINS, FEATURES, set_distances, set_histograms, topk_accuracy
 
@@ -183,20 +183,36 @@ def training_speed(name: str) -> float | None:
     return statistics.median(speeds) if speeds else None
 
 
-def real_excerpts(
-    rows: list[dict], tokenizer: MusicTokenizer, composers: list[str], length: int
-) -> dict[str, list[symusic.Score]]:
-    """Per composer, the opening `length` tokens of each test piece, as scores."""
-    pieces = labelled_pieces(rows, tokenizer, set(composers), Counter())
-    excerpts: dict[str, list[symusic.Score]] = {name: [] for name in composers}
-    for piece in pieces:
-        excerpts[piece.composer].append(tokenizer.decode(piece.music[:length]))
-    return excerpts
+class Judge:
+    """The composer classifier, which reads music with its own tokenizer."""
 
+    def __init__(self, folder: str, device: str, model_tokenizer: MusicTokenizer) -> None:
+        self.model = AutoModelForSequenceClassification.from_pretrained(folder).to(device)
+        self.tokenizer = MusicTokenizer.from_pretrained(folder)
+        self.window = self.model.config.window_tokens
+        self.labels = list(self.model.config.label2id)
+        self.shared = same_vocabulary(self.tokenizer, model_tokenizer)
 
-def classify(classifier, tokenizer: MusicTokenizer, scores: list[symusic.Score], window: int) -> list[list[str]]:
-    windows = [frame(tokenizer, music_ids(tokenizer, score)[:window]) for score in scores]
-    return rank_labels(classifier, windows)
+    def read(self, samples: list[list[int]], scores: list[symusic.Score]) -> list[list[int]]:
+        """The music tokens of generated samples in the classifier's vocabulary: the model's own ids
+        when the vocabularies agree, else the score encoded again (no tokens where miditok cannot
+        encode it: the classifier then misses that sample)."""
+        if self.shared:
+            special = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+            return [[i for i in ids[2:] if i not in special] for ids in samples]
+        musics = []
+        for score in scores:
+            try:
+                musics.append(music_ids(self.tokenizer, score))
+            except Exception:  # miditok fails on some odd scores (durations after a metre change)
+                musics.append([])
+        return musics
+
+    def rank(self, musics: list[list[int]]) -> list[list[str]]:
+        """Labels, best first, for the opening window of each piece; none for a piece without tokens."""
+        readable = [music for music in musics if music]
+        ranked = iter(rank_labels(self.model, [frame(self.tokenizer, m[: self.window]) for m in readable]))
+        return [next(ranked) if music else [] for music in musics]
 
 
 def run_generation(
@@ -204,17 +220,16 @@ def run_generation(
     args: Arguments,
     scale: float,
     composers: list[str],
-    classifier,
-    classifier_tokenizer,
-    real_histograms,
+    judge: Judge,
+    real_histograms: dict,
 ) -> tuple[dict, dict]:
     started = time.perf_counter()
     samples = evaluated.generate(composers, args, scale)
     seconds = time.perf_counter() - started
     scores = [evaluated.tokenizer.decode(ids) for ids in samples]
     requested = [c for c in composers for _ in range(args.num_samples)]
-    window = classifier.config.window_tokens
-    accuracy = topk_accuracy(requested, classify(classifier, classifier_tokenizer, scores, window))
+    musics = judge.read(samples, scores)
+    accuracy = topk_accuracy(requested, judge.rank(musics)) | {"unreadable": sum(not m for m in musics)}
     histograms = {c: set_histograms(s for s, r in zip(scores, requested, strict=True) if r == c) for c in composers}
     distances = {c: set_distances(real_histograms[c], histograms[c]) for c in composers}
     new_tokens = sum(len(ids) - 2 for ids in samples)
@@ -258,20 +273,14 @@ def main(argv: list[str] | None = None) -> dict | None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         evaluated = Evaluated(args.model, device)
-        classifier = AutoModelForSequenceClassification.from_pretrained(args.classifier).to(device)
-        classifier_tokenizer = MusicTokenizer.from_pretrained(args.classifier)
+        judge = Judge(args.classifier, device, evaluated.tokenizer)
         composers = (
-            [canonical_composer(n) for n in args.composers.split(",") if n.strip()]
-            if args.composers
-            else list(classifier.config.label2id)
+            [canonical_composer(n) for n in args.composers.split(",") if n.strip()] if args.composers else judge.labels
         )
-        unknown = [
-            c for c in composers if c not in classifier.config.label2id or c not in evaluated.tokenizer.composers
-        ]
+        unknown = [c for c in composers if c not in judge.labels or c not in evaluated.tokenizer.composers]
         if unknown:
             raise ValueError(
-                f"composer(s) {', '.join(unknown)} unknown to the model or the classifier "
-                f"({', '.join(classifier.config.label2id)})"
+                f"composer(s) {', '.join(unknown)} unknown to the model or the classifier ({', '.join(judge.labels)})"
             )
         rows = list(load_source(args.source, "test"))
         # the likelihood may take a fixed sample of the split, as train.py's --eval_max_files does
@@ -292,20 +301,22 @@ def main(argv: list[str] | None = None) -> dict | None:
         "arguments": asdict(args),
         "likelihood": evaluated.likelihood(scored, args),
     }
-    excerpts = real_excerpts(rows, evaluated.tokenizer, composers, args.length)
-    missing = [c for c, found in excerpts.items() if not found]
+    pieces = labelled_pieces(rows, evaluated.tokenizer, set(composers), Counter())
+    missing = sorted(set(composers) - {piece.composer for piece in pieces})
     if missing:
         parser.error(
             f"the test split of {args.source} has no piece of {', '.join(missing)}: "
             "choose --composers among the others"
         )
-    real_scores = [score for c in composers for score in excerpts[c]]
-    real_labels = [c for c in composers for _ in excerpts[c]]
-    window = classifier.config.window_tokens
+    # Real excerpts as long as the samples: range and density grow with length.
+    excerpts = {
+        c: [evaluated.tokenizer.decode(p.music[: args.length]) for p in pieces if p.composer == c] for c in composers
+    }
+    judged = pieces if judge.shared else labelled_pieces(rows, judge.tokenizer, set(composers), Counter())
     results["real"] = {
         "pieces": {c: len(excerpts[c]) for c in composers},
-        "chance": {"top1": 1 / len(classifier.config.id2label), "top3": min(3 / len(classifier.config.id2label), 1.0)},
-        "classifier": topk_accuracy(real_labels, classify(classifier, classifier_tokenizer, real_scores, window)),
+        "chance": {"top1": 1 / len(judge.labels), "top3": min(3 / len(judge.labels), 1.0)},
+        "classifier": topk_accuracy([p.composer for p in judged], judge.rank([p.music for p in judged])),
     }
     real_histograms = {c: set_histograms(excerpts[c]) for c in composers}
     results["runs"], plots = [], []
@@ -314,9 +325,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     for scale in args.guidance_scales:
         if evaluated.kind == "ngram" and scale != 1.0:
             continue  # an n-gram has no unconditional branch to guide with
-        run, histograms = run_generation(
-            evaluated, args, scale, composers, classifier, classifier_tokenizer, real_histograms
-        )
+        run, histograms = run_generation(evaluated, args, scale, composers, judge, real_histograms)
         results["runs"].append(run)
         plots.append(
             plot_histograms(

@@ -20,6 +20,7 @@ from tokenization.classification import (
     evaluation_windows,
     labelled_pieces,
     music_ids,
+    same_vocabulary,
     training_batch,
 )
 
@@ -123,7 +124,9 @@ def test_classifier_head_needs_a_gpt2(tmp_path, tokenizer, capsys):
     AutoModelForCausalLM.from_config(build_config("mamba", "tiny", tokenizer)).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     with pytest.raises(SystemExit):
-        load_script("train_classifier").main(["--init_from", str(tmp_path), "--composers", "bach,chopin"])
+        load_script("train_classifier").main(
+            ["--init_from", str(tmp_path), "--composers", "bach,chopin", "--output_dir", str(tmp_path / "out")]
+        )
     assert "start from a GPT-2 (transformer) model" in capsys.readouterr().err
 
 
@@ -234,3 +237,15 @@ def test_max_test_files_samples_the_likelihood_only(models, classifier, tmp_path
     sample = evaluate(models["ngram"], classifier, tmp_path / "sample.json", "--max_test_files", "3")
     assert sample["likelihood"]["tokens"] < full["likelihood"]["tokens"]
     assert sample["real"] == full["real"]
+
+
+def test_a_classifier_with_another_vocabulary_reads_the_samples_again(classifier, bpe_tokenizer, tokenizer, tmp_path):
+    """The samples of a BPE model go MIDI -> the classifier's (plain REMI) tokens."""
+    assert same_vocabulary(tokenizer, tokenizer) and not same_vocabulary(tokenizer, bpe_tokenizer)
+    model = tmp_path / "bpe-model"
+    AutoModelForCausalLM.from_config(build_config("transformer", "tiny", bpe_tokenizer)).save_pretrained(model)
+    bpe_tokenizer.save_pretrained(model)
+    results = evaluate(model, classifier, tmp_path / "bpe.json")
+    assert results["real"]["classifier"]["per_class"]["chopin"]["count"] == 1
+    [run] = results["runs"]
+    assert run["classifier"]["per_class"]["bach"]["count"] == 2 and run["classifier"]["unreadable"] == 0

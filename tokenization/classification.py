@@ -37,6 +37,11 @@ def composers_by_files(uri: str, min_files: int, split: str = "train") -> list[s
     return [name for name, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])) if n >= min_files]
 
 
+def same_vocabulary(first: MusicTokenizer, second: MusicTokenizer) -> bool:
+    """Whether every id means the same token in both, so that ids pass between them as they are."""
+    return len(first) == len(second) and all(first.id_to_token(i) == second.id_to_token(i) for i in range(len(first)))
+
+
 def music_ids(tokenizer: MusicTokenizer, score: symusic.Score) -> list[int]:
     """The music tokens of a score, without its frame (BOS, condition, EOS)."""
     return tokenizer.encode(score)[2:-1]
