@@ -268,7 +268,7 @@ def mean_distances(distances: dict[str, dict[str, dict[str, float]]]) -> dict[st
 def main(argv: list[str] | None = None) -> dict | None:
     parser, args = parse_arguments(sys.argv[1:] if argv is None else argv)
     if args.table:
-        print(comparison_table([json.loads(Path(p).read_text()) for p in args.table]))
+        print(comparison_table({Path(p).stem: json.loads(Path(p).read_text()) for p in args.table}))
         return None
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -401,22 +401,22 @@ def report(results: dict, plots: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def comparison_table(results: list[dict]) -> str:
-    """The README's table: one row per model and guidance scale."""
+def comparison_table(results: dict[str, dict]) -> str:
+    """The README's table: one row per results file (named by its stem) and guidance scale."""
     header = (
         "| model | params | train tok/s | bits/token | bits/note | guidance | classifier top-1 / top-3 | "
         + " | ".join(f"{f} overlap" for f in FEATURES)
         + " | ms/token |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
-    for result in results:
+    for name, result in results.items():
         nll, speed = result["likelihood"], result["training_tokens_per_second"]
         params = f"{result['parameters'] / 1e6:.1f}M" if result["parameters"] else "-"
         for run in result["runs"]:
             accuracy = run["classifier"]["mean"]
             overlaps = " | ".join(f"{run['mean_distances'][f]['overlap']:.2f}" for f in FEATURES)
             cells = [
-                f"{Path(result['model']).name} ({result['family']})",
+                f"{name} ({result['family']})",
                 params,
                 f"{speed:.0f}" if speed else "-",
                 f"{nll['bits_per_token']:.3f}",
@@ -428,7 +428,8 @@ def comparison_table(results: list[dict]) -> str:
             ]
             lines.append("| " + " | ".join(cells) + " |")
     if results:
-        real, chance = results[0]["real"]["classifier"]["mean"], results[0]["real"]["chance"]
+        first = next(iter(results.values()))
+        real, chance = first["real"]["classifier"]["mean"], first["real"]["chance"]
         for name, accuracy, overlap in (("real test music (opening windows)", real, "1"), ("chance", chance, "")):
             cells = [name, *[""] * 5, f"{accuracy['top1']:.3f} / {accuracy['top3']:.3f}"]
             lines.append("| " + " | ".join(cells + [overlap] * len(FEATURES) + [""]) + " |")
