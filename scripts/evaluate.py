@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import symusic
 import torch
-from accelerate import Accelerator
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -47,7 +46,7 @@ import modeling
 from modeling.ngram import CONFIG_NAME as NGRAM_CONFIG
 from modeling.ngram import NGramModel
 from modeling.pipeline_midi_generation import GrammarLogitsProcessor
-from modeling.training import evaluate, nll_summary, rank_labels
+from modeling.training import nll_summary, rank_labels, summed_nll
 from tokenization import BlockCollator, MusicGrammar, MusicTokenizer, evaluation_blocks, load_source, skip_summary
 from tokenization.classification import frame, labelled_pieces, music_ids, same_vocabulary
 from tokenization.composers import canonical_composer
@@ -89,6 +88,8 @@ def parse_arguments(argv: list[str]) -> tuple[HfArgumentParser, Arguments]:
             f"missing {', '.join('--' + m for m in missing)}: "
             "evaluate.py MODEL --classifier CLS --source URI --json OUT"
         )
+    if not 0 < args.top_p <= 1:
+        parser.error(f"--top_p is a probability mass in (0, 1], got {args.top_p}")
     if min(args.num_samples, args.length, args.batch_size) < 1 or args.block_size < 2:
         parser.error("--num_samples, --length and --batch_size must be positive, --block_size at least 2")
     return parser, args
@@ -130,8 +131,10 @@ class Evaluated:
             collate([{"input_ids": b} for b in blocks[i : i + args.batch_size]])
             for i in range(0, len(blocks), args.batch_size)
         ]
-        accelerator = Accelerator(cpu=self.device == "cpu")
-        return evaluate(self.model, batches, accelerator, notes) | {"notes": notes}
+        with torch.no_grad():  # one process: no accelerate reduction, and the model stays in eval mode
+            sums = [summed_nll(self.model, {k: v.to(self.device) for k, v in b.items()}) for b in batches]
+        nll, count = (sum(float(pair[i]) for pair in sums) for i in (0, 1))
+        return nll_summary(nll, int(count), notes) | {"notes": notes}
 
     def generate(self, composers: list[str], args: Arguments, guidance_scale: float) -> list[list[int]]:
         """`num_samples` token sequences per composer (composer-major order), each `length` new tokens."""
@@ -189,13 +192,16 @@ class Judge:
     def __init__(self, folder: str, device: str, model_tokenizer: MusicTokenizer) -> None:
         self.model = AutoModelForSequenceClassification.from_pretrained(folder).to(device)
         self.tokenizer = MusicTokenizer.from_pretrained(folder)
-        self.window = self.model.config.window_tokens
+        self.window = getattr(self.model.config, "window_tokens", None)
+        if self.window is None:
+            raise ValueError(f"{folder} has no window_tokens in its config: give a train_classifier.py output folder")
         self.labels = list(self.model.config.label2id)
         self.shared = same_vocabulary(self.tokenizer, model_tokenizer)
 
     def read(self, samples: list[list[int]], scores: list[symusic.Score]) -> list[list[int]]:
         """The music tokens of generated samples in the classifier's vocabulary: the model's own ids
-        when the vocabularies agree, else the score encoded again (no tokens where miditok cannot
+        when the vocabularies agree (they decode to the same music; encoding a generated score
+        again can fail in miditok), else the score encoded again (no tokens where miditok cannot
         encode it: the classifier then misses that sample)."""
         if self.shared:
             special = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
@@ -291,6 +297,13 @@ def main(argv: list[str] | None = None) -> dict | None:
         )
     except (ValueError, OSError) as error:
         parser.error(str(error).splitlines()[0])
+    pieces = labelled_pieces(rows, evaluated.tokenizer, set(composers), Counter())
+    missing = sorted(set(composers) - {piece.composer for piece in pieces})
+    if missing:
+        parser.error(
+            f"the test split of {args.source} has no piece of {', '.join(missing)}: "
+            "choose --composers among the others"
+        )
     results = {
         "model": args.model,
         "family": evaluated.family,
@@ -301,13 +314,6 @@ def main(argv: list[str] | None = None) -> dict | None:
         "arguments": asdict(args),
         "likelihood": evaluated.likelihood(scored, args),
     }
-    pieces = labelled_pieces(rows, evaluated.tokenizer, set(composers), Counter())
-    missing = sorted(set(composers) - {piece.composer for piece in pieces})
-    if missing:
-        parser.error(
-            f"the test split of {args.source} has no piece of {', '.join(missing)}: "
-            "choose --composers among the others"
-        )
     # Real excerpts as long as the samples: range and density grow with length.
     excerpts = {
         c: [evaluated.tokenizer.decode(p.music[: args.length]) for p in pieces if p.composer == c] for c in composers
@@ -430,9 +436,9 @@ def comparison_table(results: dict[str, dict]) -> str:
     if results:
         first = next(iter(results.values()))
         real, chance = first["real"]["classifier"]["mean"], first["real"]["chance"]
-        for name, accuracy, overlap in (("real test music (opening windows)", real, "1"), ("chance", chance, "")):
+        for name, accuracy in (("real test music (opening windows)", real), ("chance", chance)):
             cells = [name, *[""] * 5, f"{accuracy['top1']:.3f} / {accuracy['top3']:.3f}"]
-            lines.append("| " + " | ".join(cells + [overlap] * len(FEATURES) + [""]) + " |")
+            lines.append("| " + " | ".join(cells + [""] * (len(FEATURES) + 1)) + " |")
     return "\n".join(lines)
 
 

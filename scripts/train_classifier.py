@@ -33,7 +33,7 @@ from transformers import AutoModelForSequenceClassification, HfArgumentParser, g
 
 import modeling
 from modeling.training import list_checkpoints, load_checkpoint, rank_labels, resolve_checkpoint, save_checkpoint
-from tokenization import MusicTokenizer, load_source, skip_summary, tokenizer_for_sources
+from tokenization import BlockCollator, MusicTokenizer, load_source, skip_summary, tokenizer_for_sources
 from tokenization.classification import composers_by_files, evaluation_windows, labelled_pieces, training_batch
 from tokenization.composers import canonical_composer
 from tokenization.metrics import topk_accuracy
@@ -128,12 +128,9 @@ def read_pieces(args: Arguments, tokenizer: MusicTokenizer, names: list[str], sp
     return pieces
 
 
-def held_out_accuracy(model, tokenizer, args: Arguments, names: list[str]) -> dict:
+def held_out_accuracy(model, tokenizer, pieces: list, args: Arguments) -> dict:
     """Top-1 / top-3 per composer on test-split windows (the ceiling for generated music)."""
-    pieces = read_pieces(args, tokenizer, names, "test", None)
     windows, labels = evaluation_windows(pieces, tokenizer, args.window_tokens, args.eval_windows_per_piece)
-    if not windows:
-        raise ValueError(f"the test split of {', '.join(args.sources)} has no piece of {', '.join(names)}")
     ranked = rank_labels(model, windows, args.per_device_eval_batch_size)
     return topk_accuracy(labels, ranked) | {"pieces": len(pieces), "windows": len(windows)}
 
@@ -146,8 +143,12 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(args.seed)  # before the head is initialised
     try:
-        if min(args.window_tokens, args.max_steps, args.per_device_train_batch_size) < 1:
-            raise ValueError("--window_tokens, --max_steps and --per_device_train_batch_size must be positive")
+        counts = (args.window_tokens, args.max_steps, args.logging_steps, args.eval_windows_per_piece)
+        if min(*counts, args.per_device_train_batch_size, args.per_device_eval_batch_size) < 1:
+            raise ValueError(
+                "--window_tokens, --max_steps, --logging_steps, --eval_windows_per_piece and the batch sizes "
+                "must be positive"
+            )
         if not args.resume_from_checkpoint and list_checkpoints(output_dir):
             raise ValueError(
                 f"{output_dir} holds checkpoints: add --resume_from_checkpoint latest or change --output_dir"
@@ -161,6 +162,12 @@ def main(argv: list[str] | None = None) -> dict:
     empty = [name for name, found in by_composer.items() if not found]
     if empty:
         parser.error(f"no usable training piece of {', '.join(empty)} in {', '.join(args.sources)}")
+    test_pieces = read_pieces(args, tokenizer, names, "test", None)  # before training: fail early
+    if not test_pieces:
+        parser.error(f"the test split of {', '.join(args.sources)} has no piece of {', '.join(names)}")
+    untested = sorted(set(names) - {p.composer for p in test_pieces})
+    if untested:
+        logger.warning("no test piece of %s: the mean accuracy leaves them out", ", ".join(untested))
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = get_scheduler(
@@ -177,23 +184,20 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info("resumed from %s at step %d", checkpoint, state["step"])
 
     label2id = accelerator.unwrap_model(model).config.label2id
+    collate = BlockCollator(tokenizer.pad_token_id)
     progress = tqdm(
         range(state["step"] + 1, args.max_steps + 1), desc="training", disable=not accelerator.is_main_process
     )
     model.train()
-    correct, seen, loss_sum = 0, 0, 0.0
+    correct, seen, losses = 0, 0, []
     for step in progress:
         # Batches depend only on (seed, rank, step): a resumed run draws exactly the same ones.
         rng = random.Random(f"{args.seed}-{accelerator.process_index}-{step}")
         windows, labels = training_batch(
             by_composer, tokenizer, args.window_tokens, args.per_device_train_batch_size, rng
         )
-        length = max(len(w) for w in windows)
-        input_ids = torch.tensor([w + [tokenizer.pad_token_id] * (length - len(w)) for w in windows])
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": (input_ids != tokenizer.pad_token_id).long(),
-            "labels": torch.tensor([label2id[name] for name in labels]),
+        batch = collate([{"input_ids": w} for w in windows]) | {
+            "labels": torch.tensor([label2id[name] for name in labels])
         }
         output = model(**{k: v.to(accelerator.device) for k, v in batch.items()})
         accelerator.backward(output.loss)
@@ -202,10 +206,11 @@ def main(argv: list[str] | None = None) -> dict:
         scheduler.step()
         optimizer.zero_grad()
         correct += (output.logits.argmax(-1).cpu() == batch["labels"]).sum().item()
-        seen, loss_sum = seen + len(labels), loss_sum + output.loss.item()
+        seen += len(labels)
+        losses.append(output.loss.item())
         if step % args.logging_steps == 0:
-            progress.set_postfix(loss=f"{loss_sum / args.logging_steps:.3f}", accuracy=f"{correct / seen:.2f}")
-            correct, seen, loss_sum = 0, 0, 0.0
+            progress.set_postfix(loss=f"{sum(losses) / len(losses):.3f}", accuracy=f"{correct / seen:.2f}")
+            correct, seen, losses = 0, 0, []
         state["step"] = step
         if (args.save_steps and step % args.save_steps == 0) or step == args.max_steps:
             save_checkpoint(
@@ -215,9 +220,9 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        results = {"test": held_out_accuracy(unwrapped, tokenizer, args, names), "arguments": asdict(args)}
         unwrapped.save_pretrained(output_dir)
         tokenizer.save_pretrained(output_dir)
+        results = {"test": held_out_accuracy(unwrapped, tokenizer, test_pieces, args), "arguments": asdict(args)}
         (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
         print_accuracy(results["test"])
     accelerator.wait_for_everyone()

@@ -112,6 +112,7 @@ def test_classifier_resumes_exactly(classifier, tmp_path):
         (["--composers", "bach"], "at least 2 composers"),
         (["--min_files", "50"], "at least 2 composers"),
         (["--composers", "bach,elgar"], "no usable training piece of elgar"),
+        (["--composers", "bach,chopin", "--logging_steps", "0"], "must be positive"),
     ],
 )
 def test_classifier_bad_arguments_fail_with_one_line(argv, message, tmp_path, capsys):
@@ -212,11 +213,22 @@ def test_classification_of_generated_music_goes_through_midi(tokenizer, pieces):
         ("no tokenizer", "no music tokenizer in"),
         ("empty source", "no MIDI files in"),
         ("unknown composer", "composer(s) elgar unknown"),
+        ("not a classifier of ours", "has no window_tokens in its config"),
+        ("top_p", "--top_p is a probability mass"),
     ],
 )
 def test_evaluate_bad_input_fails_with_one_line(change, message, models, classifier, tmp_path, capsys):
-    model, source, composers = models["transformer"], "bundled", "bach"
-    if change == "no tokenizer":
+    model, source, composers, extra = models["transformer"], "bundled", "bach", []
+    if change == "not a classifier of ours":
+        foreign = AutoModelForSequenceClassification.from_pretrained(classifier)
+        del foreign.config.window_tokens
+        foreign.save_pretrained(tmp_path / "foreign")
+        shutil.copy(classifier / "tokenizer.json", tmp_path / "foreign")
+        shutil.copy(classifier / "music_tokenizer.json", tmp_path / "foreign")
+        classifier = tmp_path / "foreign"
+    elif change == "top_p":
+        extra = ["--top_p", "0"]
+    elif change == "no tokenizer":
         model = tmp_path / "bare"
         AutoModelForCausalLM.from_pretrained(models["transformer"]).save_pretrained(model)
     elif change == "empty source":
@@ -227,7 +239,7 @@ def test_evaluate_bad_input_fails_with_one_line(change, message, models, classif
     with pytest.raises(SystemExit):
         load_script("evaluate").main(
             [str(model), "--classifier", str(classifier), "--source", source, "--json", str(tmp_path / "x.json")]
-            + ["--composers", composers]
+            + ["--composers", composers, *extra]
         )
     assert message in capsys.readouterr().err
 

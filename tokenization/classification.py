@@ -2,8 +2,8 @@
 
 A classifier window is `BOS, Composer_Unknown, <up to `length` music tokens>`: the frame a
 language model sees under condition dropout, so a pretrained backbone fits it and the label
-never leaks into the input. Real pieces and generated samples take the same path (score ->
-tokens -> windows from the piece's start), so the classifier's accuracy on both compares.
+never leaks into the input. Real pieces and generated samples are both read from their
+start, so the classifier's accuracy on both compares.
 """
 
 from __future__ import annotations

@@ -76,7 +76,8 @@ def piece_features(score: symusic.Score) -> dict[str, np.ndarray]:
       highest minus the lowest pitch of the notes starting there
     - polyphony: at every distinct onset, the number of notes sounding (all tracks together)
     - note_density: in every segment from the first onset's to the last onset's, notes
-      starting there per quarter note (silent segments count, as 0)
+      starting there per quarter note (silent segments count, as 0, which the histogram puts
+      in its lowest bin)
     - ioi: time between consecutive distinct onsets, in quarter notes
 
     A piece without notes gives empty arrays, and so adds nothing to a set's histograms.
