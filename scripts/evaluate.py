@@ -15,7 +15,8 @@ real test pieces is the ceiling), and how far generated statistics are from real
 (pitch-class histogram, pitch range, polyphony, note density, inter-onset intervals:
 overlapping area, 1 = same, and KL divergence, 0 = same), per composer. Real excerpts are
 cut to the same number of tokens as the samples, since range and density grow with length.
-The JSON holds everything; a markdown report with plots goes beside it. `--table` prints the
+The JSON holds everything; a markdown report with plots and the samples (`<json
+stem>_samples/guidance<g>/<composer>/sample_<i>.mid`) go beside it. `--table` prints the
 README's comparison table from several JSON files.
 """
 
@@ -228,14 +229,26 @@ def run_generation(
     composers: list[str],
     judge: Judge,
     real_histograms: dict,
+    folder: Path,
 ) -> tuple[dict, dict]:
+    """Sample, judge and measure at one guidance scale; the samples go to `folder/<composer>/`."""
     started = time.perf_counter()
     samples = evaluated.generate(composers, args, scale)
     seconds = time.perf_counter() - started
     scores = [evaluated.tokenizer.decode(ids) for ids in samples]
     requested = [c for c in composers for _ in range(args.num_samples)]
+    for i, (score, composer) in enumerate(zip(scores, requested, strict=True)):
+        (folder / composer).mkdir(parents=True, exist_ok=True)
+        score.dump_midi(str(folder / composer / f"sample_{i % args.num_samples}.mid"))
     musics = judge.read(samples, scores)
-    accuracy = topk_accuracy(requested, judge.rank(musics)) | {"unreadable": sum(not m for m in musics)}
+    ranked = judge.rank(musics)
+    accuracy = topk_accuracy(requested, ranked) | {
+        "unreadable": sum(not m for m in musics),
+        # what the classifier named, per requested composer: shows a bias towards one class
+        "named": {
+            c: dict(Counter(r[0] for r, q in zip(ranked, requested, strict=True) if r and q == c)) for c in composers
+        },
+    }
     histograms = {c: set_histograms(s for s, r in zip(scores, requested, strict=True) if r == c) for c in composers}
     distances = {c: set_distances(real_histograms[c], histograms[c]) for c in composers}
     new_tokens = sum(len(ids) - 2 for ids in samples)
@@ -331,7 +344,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     for scale in args.guidance_scales:
         if evaluated.kind == "ngram" and scale != 1.0:
             continue  # an n-gram has no unconditional branch to guide with
-        run, histograms = run_generation(evaluated, args, scale, composers, judge, real_histograms)
+        samples = output.with_name(f"{output.stem}_samples") / f"guidance{scale:g}"
+        run, histograms = run_generation(evaluated, args, scale, composers, judge, real_histograms, samples)
         results["runs"].append(run)
         plots.append(
             plot_histograms(

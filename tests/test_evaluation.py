@@ -176,6 +176,9 @@ def test_evaluate_writes_json_report_and_plots(kind, models, classifier, tmp_pat
     assert scales == ([1.0] if kind == "ngram" else [1.0, 2.0])  # an n-gram has nothing to guide with
     for run in results["runs"]:
         assert run["classifier"]["per_class"]["bach"]["count"] == 2
+        assert sum(run["classifier"]["named"]["chopin"].values()) == 2
+        samples = tmp_path / f"{kind}_samples" / f"guidance{run['guidance_scale']:g}"
+        assert sorted(p.name for p in (samples / "bach").iterdir()) == ["sample_0.mid", "sample_1.mid"]
         assert run["generation"]["new_tokens"] == 4 * 40
         assert set(run["distances"]["chopin"]) == {"pitch_class", "pitch_range", "polyphony", "note_density", "ioi"}
         assert 0.0 <= run["mean_distances"]["pitch_class"]["overlap"] <= 1.0
