@@ -32,7 +32,14 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, HfArgumentParser, get_scheduler
 
 import modeling
-from modeling.training import list_checkpoints, load_checkpoint, rank_labels, resolve_checkpoint, save_checkpoint
+from modeling.training import (
+    list_checkpoints,
+    load_checkpoint,
+    rank_labels,
+    remove_partial_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from tokenization import BlockCollator, MusicTokenizer, load_source, skip_summary, tokenizer_for_sources
 from tokenization.classification import composers_by_files, evaluation_windows, labelled_pieces, training_batch
 from tokenization.composers import canonical_composer
@@ -157,6 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
         model, tokenizer = load_backbone(args, names)
     except (ValueError, OSError) as error:
         parser.error(str(error).splitlines()[0])
+    if accelerator.is_main_process:
+        remove_partial_checkpoints(output_dir)  # left by a run killed while saving
     pieces = read_pieces(args, tokenizer, names, "train", args.max_pieces_per_composer)
     by_composer = {name: [p for p in pieces if p.composer == name] for name in names}
     empty = [name for name, found in by_composer.items() if not found]
