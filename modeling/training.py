@@ -123,18 +123,24 @@ def summed_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: Iterable[dict], accelerator: Accelerator, notes: int) -> dict:
+def evaluate(model: torch.nn.Module, batches: Iterable[dict], accelerator: Accelerator | None, notes: int) -> dict:
     """Loss (nats per token), bits per token and bits per note over every rank's batches.
 
-    `notes` is the number of notes in the whole evaluation set (all ranks together).
+    `notes` is the number of notes in the whole evaluation set (all ranks together). Without
+    an `accelerator` (one process) the batches go to the model's device. The model is left
+    in the mode it was in.
     """
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    training = model.training
     model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    total = torch.zeros(2, dtype=torch.float64, device=device)
     for batch in batches:
-        nll, count = summed_nll(model, {k: v.to(accelerator.device) for k, v in batch.items()})
+        nll, count = summed_nll(model, {k: v.to(device) for k, v in batch.items()})
         total += torch.stack([nll.double(), count.double()])
-    model.train()
-    nll, count = accelerator.reduce(total, reduction="sum").tolist()
+    model.train(training)
+    if accelerator is not None:
+        total = accelerator.reduce(total, reduction="sum")
+    nll, count = total.tolist()
     return nll_summary(nll, count, notes)
 
 

@@ -47,8 +47,16 @@ import modeling
 from modeling.ngram import CONFIG_NAME as NGRAM_CONFIG
 from modeling.ngram import NGramModel
 from modeling.pipeline_midi_generation import GrammarLogitsProcessor
-from modeling.training import nll_summary, rank_labels, summed_nll
-from tokenization import BlockCollator, MusicGrammar, MusicTokenizer, evaluation_blocks, load_source, skip_summary
+from modeling.training import evaluate, nll_summary, rank_labels
+from tokenization import (
+    BlockCollator,
+    MusicGrammar,
+    MusicTokenizer,
+    evaluation_blocks,
+    list_midi_files,
+    load_source,
+    skip_summary,
+)
 from tokenization.classification import frame, labelled_pieces, music_ids, same_vocabulary
 from tokenization.composers import canonical_composer
 from tokenization.metrics import BINS, FEATURES, set_distances, set_histograms, topk_accuracy
@@ -132,10 +140,7 @@ class Evaluated:
             collate([{"input_ids": b} for b in blocks[i : i + args.batch_size]])
             for i in range(0, len(blocks), args.batch_size)
         ]
-        with torch.no_grad():  # one process: no accelerate reduction, and the model stays in eval mode
-            sums = [summed_nll(self.model, {k: v.to(self.device) for k, v in b.items()}) for b in batches]
-        nll, count = (sum(float(pair[i]) for pair in sums) for i in (0, 1))
-        return nll_summary(nll, int(count), notes) | {"notes": notes}
+        return evaluate(self.model, batches, None, notes) | {"notes": notes}
 
     def generate(self, composers: list[str], args: Arguments, guidance_scale: float) -> list[list[int]]:
         """`num_samples` token sequences per composer (composer-major order), each `length` new tokens."""
@@ -303,11 +308,8 @@ def main(argv: list[str] | None = None) -> dict | None:
             )
         rows = list(load_source(args.source, "test"))
         # the likelihood may take a fixed sample of the split, as train.py's --eval_max_files does
-        scored = (
-            rows
-            if args.max_test_files is None
-            else list(load_source(args.source, "test", max_files=args.max_test_files))
-        )
+        sample = {f.path for f in list_midi_files(args.source, "test", max_files=args.max_test_files)}
+        scored = [row for row in rows if row["path"] in sample]
     except (ValueError, OSError) as error:
         parser.error(str(error).splitlines()[0])
     pieces = labelled_pieces(rows, evaluated.tokenizer, set(composers), Counter())
