@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import PreTrainedConfig
 
 from tokenization.sources import resolve
@@ -22,6 +23,17 @@ def hub_datasets(sources: list[str]) -> list[str]:
     return ["/".join(url.removeprefix(HUB).split("/")[:2]) for url in urls if url.startswith(HUB)]
 
 
+def hub_model(name: str | None) -> str | None:
+    """`name` if it is a Hub repo id rather than a local folder (the Hub's `base_model` must be one)."""
+    if not name or Path(name).exists():
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
+
+
 def model_card(
     config: PreTrainedConfig,
     *,
@@ -32,9 +44,11 @@ def model_card(
     training: dict,
     tokens_trained: int,
     repo_id: str | None = None,
+    base_model: str | None = None,
     license: str = "mit",
 ) -> ModelCard:
-    """Fill the template. `repo_id` goes into the usage snippet (a placeholder when None)."""
+    """Fill the template. `repo_id` goes into the usage snippet (a placeholder when None);
+    `base_model` is the model this one was fine-tuned from, if any."""
     name = repo_id.split("/")[-1] if repo_id else f"{config.model_type}-midi"
     data = ModelCardData(
         library_name="transformers",
@@ -44,6 +58,7 @@ def model_card(
         datasets=hub_datasets(sources) or None,
         license=license,
         model_name=name,
+        base_model=hub_model(base_model),
     )
     return ModelCard.from_template(
         data,
@@ -61,5 +76,6 @@ def model_card(
         metrics={k: f"{v:.4f}" if isinstance(v, float) else v for k, v in metrics.items()},
         training=training,
         tokens_trained=f"{tokens_trained:,}",
+        base_model=base_model,
         config_json=json.dumps(config.to_diff_dict(), indent=2, sort_keys=True),
     )

@@ -212,10 +212,11 @@ class NGramModel:
             probs[np.repeat(rows, sizes), followers] += share
         return torch.from_numpy(np.log(probs)).float()
 
-    def sequence_nll(self, ids: Sequence[int]) -> tuple[float, int]:
+    def sequence_nll(self, ids: Sequence[int], labels: Sequence[int] | None = None) -> tuple[float, int]:
         """(sum of -log p of ids[1:] each given its preceding ids in nats, number of predicted tokens).
 
-        All positions are scored at once, one order after the other."""
+        With `labels` (a causal LM's, aligned with `ids`), only positions whose label is not
+        -100 count. All positions are scored at once, one order after the other."""
         ids = as_ids(ids, self.vocab_size)
         if len(ids) < 2:
             return 0.0, 0
@@ -225,6 +226,8 @@ class NGramModel:
             first = max(1, k - 1)
             ngrams = encode(sliding_window_view(ids, k)[first - k + 1 :], self.bits)
             probs[first - 1 :] = self._interpolate(k, ngrams, probs[first - 1 :])
+        if labels is not None:
+            probs = probs[np.asarray(labels[1:]) != -100]
         return float(-np.log(probs).sum()), len(probs)
 
     def generate(

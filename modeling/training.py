@@ -114,12 +114,18 @@ def load_checkpoint(accelerator: Accelerator, path: str | Path) -> tuple[dict, d
     return state, rank_state
 
 
+def token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Next-token negative log-likelihood in nats of each labelled position, `[batch, length - 1]`
+    (0 where the label is -100)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return F.cross_entropy(
+        logits[:, :-1].transpose(1, 2).float(), batch["labels"][:, 1:], ignore_index=-100, reduction="none"
+    )
+
+
 def summed_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of next-token negative log-likelihoods in nats, number of predicted tokens)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    labels = batch["labels"][:, 1:]
-    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum")
-    return nll, (labels != -100).sum()
+    return token_nll(model, batch).sum(), (batch["labels"][:, 1:] != -100).sum()
 
 
 @torch.no_grad()

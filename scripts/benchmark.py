@@ -7,9 +7,10 @@
 
     python scripts/benchmark.py pipeline --lengths 1024 3072 --json outputs/bench_pipeline.json
 
-`data`: tokenization and packing throughput of `TokenBlockStream` through a DataLoader
-with 0 (in the main process), 1 and 2 workers, beside miditok's own `DatasetMIDI` read in
-one process, on the same files and tokenizer.
+`data`: throughput of `TokenBlockStream` through a DataLoader with 0 (in the main process),
+1 and 2 workers, reading the same pieces from the source's token cache and from MIDI
+tokenized on the fly, beside miditok's own `DatasetMIDI` read in one process, with the same
+tokenizer; and the time to build (or open) the token cache and its size on disk.
 
 `models`: per family at one preset, training tokens/s (forward + backward, batch 1) at
 several lengths, and generation ms/token and memory after a prefill of several context
@@ -59,6 +60,8 @@ class DataArguments:
     source: str = field(default="bundled", metadata={"help": "A local MIDI source (DatasetMIDI reads paths)."})
     json: str = field(default="outputs/bench_data.json", metadata={"help": "Where to write the results."})
     tokenizer: str | None = field(default=None, metadata={"help": "A saved tokenizer (default: REMI without BPE)."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where token caches live (train.py's)."})
+    num_proc: int | None = field(default=None, metadata={"help": "Processes building the cache (default: cores)."})
     max_files: int = field(default=300, metadata={"help": "Files in the sample (fixed by path hash)."})
     block_size: int = 1024
     batch_size: int = 8
@@ -72,10 +75,11 @@ class DataArguments:
     )
 
 
-def time_stream(args: DataArguments, tokenizer, num_workers: int) -> dict:
-    from tokenization import BlockCollator, TokenBlockStream, load_source
+def time_stream(args: DataArguments, tokenizer, source, num_workers: int) -> dict:
+    """Pieces (one EOS each) and predicted tokens per second of the block stream over `source`."""
+    from tokenization import BlockCollator, TokenBlockStream
 
-    stream = TokenBlockStream(load_source(args.source, max_files=args.max_files), tokenizer, args.block_size)
+    stream = TokenBlockStream(source, tokenizer, args.block_size)
     loader = torch.utils.data.DataLoader(
         stream,
         batch_size=args.batch_size,
@@ -86,8 +90,9 @@ def time_stream(args: DataArguments, tokenizer, num_workers: int) -> dict:
     files = tokens = 0
     start = time.perf_counter()
     for batch in loader:
-        files += int((batch["input_ids"] == tokenizer.bos_token_id).sum())  # one BOS per tokenized file
-        tokens += int(batch["attention_mask"].sum())
+        targets = batch["labels"][batch["labels"] != -100]
+        files += int((targets == tokenizer.eos_token_id).sum())
+        tokens += len(targets)
     return {"num_workers": num_workers, "seconds": time.perf_counter() - start, "files": files, "tokens": tokens}
 
 
@@ -118,15 +123,30 @@ def with_rates(result: dict) -> dict:
 
 
 def benchmark_data(args: DataArguments) -> dict:
-    from tokenization import MusicTokenizer
+    from tokenization import MusicTokenizer, TokenCache, load_source
 
     tokenizer = MusicTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else MusicTokenizer()
+    start = time.perf_counter()
+    cache = TokenCache.for_source(args.source, tokenizer, args.cache_dir, args.num_proc)
+    cache_result = {
+        "seconds_to_build_or_open": time.perf_counter() - start,
+        "folder": str(cache.folder),
+        "pieces": cache.info["pieces"],
+        "tokens": cache.info["tokens"],
+        "bytes_on_disk": sum(p.stat().st_size for p in cache.folder.iterdir()),
+    }
+    print(f"token cache: {cache_result['seconds_to_build_or_open']:.1f} s to build or open, {cache.folder}")
     miditok_result = with_rates(time_miditok(args, tokenizer))
-    print(f"miditok DatasetMIDI, 1 process: {miditok_result['files_per_s']:.1f} files/s")
-    streams = []
+    print(f"miditok DatasetMIDI, 1 process: {miditok_result['tokens_per_s']:.0f} tokens/s")
+    streams = {"midi": [], "cache": []}
     for num_workers in args.workers:
-        streams.append(with_rates(time_stream(args, tokenizer, num_workers)))
-        print(f"TokenBlockStream, {num_workers} workers: {streams[-1]['files_per_s']:.1f} files/s")
+        sources = {
+            "midi": load_source(args.source, max_files=args.max_files),
+            "cache": cache.pieces(max_files=args.max_files),
+        }
+        for kind, source in sources.items():
+            streams[kind].append(with_rates(time_stream(args, tokenizer, source, num_workers)))
+            print(f"TokenBlockStream, {kind}, {num_workers} workers: {streams[kind][-1]['tokens_per_s']:.0f} tokens/s")
     return {
         "benchmark": "data",
         "arguments": asdict(args),
@@ -136,10 +156,17 @@ def benchmark_data(args: DataArguments) -> dict:
             "python": platform.python_version(),
         },
         "versions": {name: version(name) for name in ("miditok", "symusic", "datasets", "torch")},
+        "token_cache": cache_result,
         "miditok_datasetmidi": miditok_result,
         "token_block_stream": streams,
+        "speedup_of_the_cache": {
+            str(m["num_workers"]): c["tokens_per_s"] / m["tokens_per_s"]
+            for m, c in zip(streams["midi"], streams["cache"], strict=True)
+        },
         "speedup_vs_miditok": {
-            str(s["num_workers"]): s["files_per_s"] / miditok_result["files_per_s"] for s in streams
+            f"{kind} {s['num_workers']}": s["tokens_per_s"] / miditok_result["tokens_per_s"]
+            for kind, runs in streams.items()
+            for s in runs
         },
     }
 

@@ -7,8 +7,12 @@
     python scripts/evaluate.py --table outputs/eval/*.json
 
 MODEL is a model folder or Hub repo id (any of the three families), or an n-gram folder from
-`train_ngram.py`. On the source's test split it measures bits per token and per note (notes
-make models with different vocabularies comparable). For each guidance scale it samples
+`train_ngram.py`. On the source's test split (read from its token cache, so twins of
+training pieces are out) it measures bits per token and per note (notes make models with
+different vocabularies comparable) in blocks framed as in training, and likelihood
+identification: how often the model's own likelihood names the composer of the opening and
+the middle window of each test piece, with the condition gain in bits, beside the
+classifier's accuracy on the same windows. For each guidance scale it samples
 `--num_samples` pieces of `--length` tokens per composer and reports how often the
 classifier names the requested composer (top-1, top-3; the same on the opening window of
 real test pieces is the ceiling), and how far generated statistics are from real ones
@@ -44,6 +48,7 @@ from transformers import (
 )
 
 import modeling
+from evaluation import POSITIONS, bootstrap_interval, identification, identification_windows, window_tokens
 from modeling.ngram import CONFIG_NAME as NGRAM_CONFIG
 from modeling.ngram import NGramModel
 from modeling.pipeline_midi_generation import GrammarLogitsProcessor
@@ -53,13 +58,14 @@ from tokenization import (
     MusicGrammar,
     MusicTokenizer,
     evaluation_blocks,
-    list_midi_files,
-    load_source,
+    open_pieces,
+    pieces_of,
     skip_summary,
 )
 from tokenization.classification import frame, labelled_pieces, music_ids, same_vocabulary
 from tokenization.composers import canonical_composer
 from tokenization.metrics import BINS, FEATURES, set_distances, set_histograms, topk_accuracy
+from tokenization.sources import sample_paths
 
 
 @dataclass
@@ -78,7 +84,12 @@ class Arguments:
         default=None, metadata={"help": "Test pieces for the likelihood (default: all; the rest always uses all)."}
     )
     block_size: int = field(default=1024, metadata={"help": "Tokens per likelihood block (GPT-2: its positions)."})
+    identification_tokens: int = field(default=512, metadata={"help": "Music tokens per identification window."})
     batch_size: int = field(default=8)
+    token_cache: bool = field(
+        default=True, metadata={"help": "Read the test split from the source's token cache (--no_token_cache: MIDI)."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where token caches live (train.py's)."})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default: cuda if available)."})
     table: list[str] | None = field(default=None, metadata={"help": "Print a comparison table of these JSONs."})
 
@@ -99,8 +110,10 @@ def parse_arguments(argv: list[str]) -> tuple[HfArgumentParser, Arguments]:
         )
     if not 0 < args.top_p <= 1:
         parser.error(f"--top_p is a probability mass in (0, 1], got {args.top_p}")
-    if min(args.num_samples, args.length, args.batch_size) < 1 or args.block_size < 2:
-        parser.error("--num_samples, --length and --batch_size must be positive, --block_size at least 2")
+    if min(args.num_samples, args.length, args.batch_size, args.identification_tokens) < 1 or args.block_size < 3:
+        parser.error(
+            "--num_samples, --length, --batch_size and --identification_tokens must be positive; --block_size >= 3"
+        )
     return parser, args
 
 
@@ -133,14 +146,33 @@ class Evaluated:
         if not blocks:
             raise ValueError(f"no usable test piece in {args.source} ({skip_summary(skipped)})")
         if self.kind == "ngram":
-            nll, count = map(sum, zip(*(self.ngram.sequence_nll(block) for block in blocks), strict=True))
+            scored = (self.ngram.sequence_nll(b["input_ids"], b["labels"]) for b in blocks)
+            nll, count = map(sum, zip(*scored, strict=True))
             return nll_summary(nll, count, notes) | {"notes": notes}
         collate = BlockCollator(self.tokenizer.pad_token_id)
-        batches = [
-            collate([{"input_ids": b} for b in blocks[i : i + args.batch_size]])
-            for i in range(0, len(blocks), args.batch_size)
-        ]
+        batches = [collate(blocks[i : i + args.batch_size]) for i in range(0, len(blocks), args.batch_size)]
         return evaluate(self.model, batches, None, notes) | {"notes": notes}
+
+    def identification(self, pieces: list[dict], composers: list[str], judge: Judge, args: Arguments) -> dict | None:
+        """Likelihood identification on the opening and middle windows of the test pieces, with
+        bootstrap intervals and the classifier's accuracy on the same windows (on their first
+        `window_tokens`, the length it was trained on; only when it shares the model's
+        vocabulary). None for an n-gram: it sees the condition only in its first steps."""
+        if self.kind == "ngram":
+            return None
+        length = window_tokens(self.model.config, args.identification_tokens)
+        windows = identification_windows(pieces, composers, length)
+        found = identification(self.model, self.tokenizer, windows, composers, args.batch_size)
+        ranked = judge.rank([w.music for w in windows]) if judge.shared else None
+        for position in POSITIONS:
+            if position not in found:
+                continue
+            result = found[position]
+            result["interval"] = bootstrap_interval(result["truth"], result["named"])
+            if ranked is not None:
+                named = [r for r, w in zip(ranked, windows, strict=True) if w.position == position]
+                result["classifier"] = topk_accuracy(result["truth"], named)["mean"]["top1"]
+        return found
 
     def generate(self, composers: list[str], args: Arguments, guidance_scale: float) -> list[list[int]]:
         """`num_samples` token sequences per composer (composer-major order), each `length` new tokens."""
@@ -248,6 +280,7 @@ def run_generation(
     musics = judge.read(samples, scores)
     ranked = judge.rank(musics)
     accuracy = topk_accuracy(requested, ranked) | {
+        "interval": bootstrap_interval(requested, [r[0] if r else "" for r in ranked]),
         "unreadable": sum(not m for m in musics),
         # what the classifier named, per requested composer: shows a bias towards one class
         "named": {
@@ -306,9 +339,13 @@ def main(argv: list[str] | None = None) -> dict | None:
             raise ValueError(
                 f"composer(s) {', '.join(unknown)} unknown to the model or the classifier ({', '.join(judge.labels)})"
             )
-        rows = list(load_source(args.source, "test"))
+        source = open_pieces(
+            [args.source], "test", evaluated.tokenizer, cached=args.token_cache, cache_dir=args.cache_dir
+        )
+        rows = list(pieces_of(source, evaluated.tokenizer, Counter()))
         # the likelihood may take a fixed sample of the split, as train.py's --eval_max_files does
-        sample = {f.path for f in list_midi_files(args.source, "test", max_files=args.max_test_files)}
+        paths = [row["path"] for row in rows]
+        sample = sample_paths(paths, args.max_test_files) if args.max_test_files else set(paths)
         scored = [row for row in rows if row["path"] in sample]
     except (ValueError, OSError) as error:
         parser.error(str(error).splitlines()[0])
@@ -328,12 +365,16 @@ def main(argv: list[str] | None = None) -> dict | None:
         "source": args.source,
         "arguments": asdict(args),
         "likelihood": evaluated.likelihood(scored, args),
+        "identification": evaluated.identification(rows, composers, judge, args),
     }
     # Real excerpts as long as the samples: range and density grow with length.
     excerpts = {
         c: [evaluated.tokenizer.decode(p.music[: args.length]) for p in pieces if p.composer == c] for c in composers
     }
-    judged = pieces if judge.shared else labelled_pieces(rows, judge.tokenizer, set(composers), Counter())
+    judged = pieces
+    if not judge.shared:
+        own = open_pieces([args.source], "test", judge.tokenizer, cached=args.token_cache, cache_dir=args.cache_dir)
+        judged = labelled_pieces(own, judge.tokenizer, set(composers), Counter())
     results["real"] = {
         "pieces": {c: len(excerpts[c]) for c in composers},
         "chance": {"top1": 1 / len(judge.labels), "top3": min(3 / len(judge.labels), 1.0)},
@@ -398,6 +439,7 @@ def report(results: dict, plots: list[Path]) -> str:
         f"Test split of {results['source']}: {nll['tokens']} tokens, {nll['notes']} notes: "
         f"**{nll['bits_per_token']:.3f} bits/token, {nll['bits_per_note']:.2f} bits/note**.",
         "",
+        *identification_report(results["identification"]),
         "## Composer classifier (top-1 / top-3 of the requested composer)",
         "",
         "| composer | real | " + " | ".join(f"guidance {r['guidance_scale']:g}" for r in results["runs"]) + " |",
@@ -423,10 +465,47 @@ def report(results: dict, plots: list[Path]) -> str:
     return "\n".join(lines)
 
 
+def identification_report(found: dict | None) -> list[str]:
+    """The markdown section of likelihood identification (none for an n-gram)."""
+    if found is None:
+        return []
+    lines = [
+        f"## Likelihood identification (mean per composer over {len(found['composers'])} composers; "
+        f"chance {found['chance']:.3f})",
+        "",
+        "| window | accuracy | 95 % interval | classifier, same windows | gain over Unknown | gain over wrong "
+        "| windows |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for position in POSITIONS:
+        if position in found:
+            row = found[position]
+            classifier = f"{row['classifier']:.3f}" if row.get("classifier") is not None else "-"
+            lines.append(
+                f"| {position} | {row['accuracy']:.3f} | {row['interval'][0]:.3f}-{row['interval'][1]:.3f} "
+                f"| {classifier} | {row['gain_over_unknown']['bits_per_window']:.2f} bits "
+                f"| {row['gain_over_wrong']['bits_per_window']:.2f} bits | {row['windows']} |"
+            )
+    return [*lines, ""]
+
+
+def identification_cells(found: dict | None) -> list[str]:
+    """The table's cells: accuracy at the opening / middle, gains (bits per window) at the opening."""
+    if found is None or "opening" not in found:
+        return ["-", "-"]
+    accuracy = " / ".join(f"{found[p]['accuracy']:.3f}" if p in found else "-" for p in POSITIONS)
+    opening = found["opening"]
+    gains = (
+        f"{opening['gain_over_unknown']['bits_per_window']:.1f} / {opening['gain_over_wrong']['bits_per_window']:.1f}"
+    )
+    return [accuracy, gains]
+
+
 def comparison_table(results: dict[str, dict]) -> str:
     """The README's table: one row per results file (named by its stem) and guidance scale."""
     header = (
-        "| model | params | train tok/s | bits/token | bits/note | guidance | classifier top-1 / top-3 | "
+        "| model | params | train tok/s | bits/token | bits/note | identification opening / middle "
+        "| gain over Unknown / wrong (bits) | guidance | classifier top-1 / top-3 | "
         + " | ".join(f"{f} overlap" for f in FEATURES)
         + " | ms/token |"
     )
@@ -443,6 +522,7 @@ def comparison_table(results: dict[str, dict]) -> str:
                 f"{speed:.0f}" if speed else "-",
                 f"{nll['bits_per_token']:.3f}",
                 f"{nll['bits_per_note']:.2f}",
+                *identification_cells(result.get("identification")),
                 f"{run['guidance_scale']:g}",
                 f"{accuracy['top1']:.3f} / {accuracy['top3']:.3f}",
                 overlaps,
@@ -453,7 +533,7 @@ def comparison_table(results: dict[str, dict]) -> str:
         first = next(iter(results.values()))
         real, chance = first["real"]["classifier"]["mean"], first["real"]["chance"]
         for name, accuracy in (("real test music (opening windows)", real), ("chance", chance)):
-            cells = [name, *[""] * 5, f"{accuracy['top1']:.3f} / {accuracy['top3']:.3f}"]
+            cells = [name, *[""] * 7, f"{accuracy['top1']:.3f} / {accuracy['top3']:.3f}"]
             lines.append("| " + " | ".join(cells + [""] * (len(FEATURES) + 1)) + " |")
     return "\n".join(lines)
 

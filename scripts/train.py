@@ -6,9 +6,13 @@
         scripts/configs/transformer-tiny.yaml --max_steps 50 --output_dir outputs/tiny
     python scripts/train.py scripts/configs/xlstm-small.yaml --resume_from_checkpoint latest
 
-A YAML preset gives the defaults, `--key value` overrides them. Each process streams its own
-share of the training files, tokenizes them on the fly and packs them into blocks; the
-validation split is evaluated every `eval_steps` (loss, bits per token, bits per note).
+A YAML preset gives the defaults, `--key value` overrides them. `--init_from` fine-tunes a
+trained model (its weights and tokenizer) instead of training a preset from scratch. Sources
+are tokenized once into a token cache (`--no_token_cache` tokenizes on the fly); each
+process streams its own share of the training pieces in blocks that each start with their
+piece's condition. The validation split is evaluated every `eval_steps`: loss, bits per token,
+bits per note, and likelihood identification (does the model's likelihood name the composer
+of held-out windows?) with the condition gain.
 Checkpoints (`checkpoint-N/` in `output_dir`) resume exactly: model, optimizer, scheduler,
 random states and every process's position in the data. At the end `output_dir` holds the
 model (safetensors and its code), the tokenizer and a model card, ready for
@@ -24,6 +28,7 @@ import logging
 import math
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,9 +40,11 @@ from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from huggingface_hub import HfApi
 from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, HfArgumentParser, get_scheduler
+from transformers import AutoConfig, AutoModelForCausalLM, HfArgumentParser, get_scheduler
 
 import modeling
+from evaluation import identification, identification_windows, window_tokens
+from evaluation.identification import summary_metrics
 from model_cards import model_card
 from modeling.training import (
     evaluate,
@@ -53,12 +60,14 @@ from tokenization import (
     BlockCollator,
     MusicTokenizer,
     TokenBlockStream,
+    TokenCache,
+    composer_counts,
     evaluation_blocks,
-    list_midi_files,
-    mix_sources,
+    open_pieces,
+    pieces_of,
     skip_summary,
-    split_of,
-    tokenizer_for_sources,
+    split_names,
+    tokenizer_for,
 )
 
 logger = get_logger(__name__)
@@ -71,8 +80,19 @@ class ModelArguments:
     config_overrides: str | None = field(
         default=None, metadata={"help": "Config fields to change, as a YAML mapping: '{n_layer: 4, n_embd: 128}'."}
     )
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "A trained model folder or Hub repo id to fine-tune: its configuration, weights and tokenizer "
+            "take the place of family, preset and --tokenizer."
+        },
+    )
     tokenizer: str | None = field(
-        default=None, metadata={"help": "Tokenizer folder or Hub repo id; by default one is built from the sources."}
+        default=None,
+        metadata={
+            "help": "Tokenizer folder or Hub repo id; by default the one saved in a token-cache source, else one "
+            "built from the sources."
+        },
     )
     bpe_vocab_size: int = field(default=0, metadata={"help": "BPE vocabulary of a built tokenizer (0: no BPE)."})
     bpe_max_files: int = field(default=2000, metadata={"help": "Training files a built tokenizer learns BPE on."})
@@ -82,7 +102,10 @@ class ModelArguments:
 class DataArguments:
     sources: list[str] = field(
         default_factory=lambda: ["bundled"],
-        metadata={"help": "MIDI sources: folders, Hub dataset ids, hf://datasets/..., bundled, bundled:lakh."},
+        metadata={
+            "help": "MIDI sources (folders, Hub dataset ids, hf://datasets/..., bundled, bundled:lakh) or token-cache "
+            "folders."
+        },
     )
     source_weights: list[float] | None = field(
         default=None, metadata={"help": "Probability of drawing the next file from each source (default: equal)."}
@@ -90,12 +113,34 @@ class DataArguments:
     block_size: int = field(default=1024, metadata={"help": "Tokens per training block."})
     shuffle_buffer: int = field(default=256, metadata={"help": "Blocks in the shuffle buffer (0: file order)."})
     condition_dropout: float = field(
-        default=0.1, metadata={"help": "Share of pieces trained as Composer_Unknown (for guidance)."}
+        default=0.1, metadata={"help": "Share of blocks trained as Composer_Unknown (for guidance)."}
     )
+    condition_every_block: bool = field(
+        default=True,
+        metadata={
+            "help": "Start every block with its piece's condition; false: the earlier packing (pieces concatenated "
+            "and cut, so mid-piece blocks carry none), to compare against."
+        },
+    )
+    token_cache: bool = field(
+        default=True,
+        metadata={"help": "Read pieces from each source's token cache, built on first use (--no_token_cache: MIDI)."},
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Where token caches live (default: $MIDI_LM_CACHE or the HF home)."}
+    )
+    num_proc: int | None = field(default=None, metadata={"help": "Processes building a token cache (default: cores)."})
     num_workers: int = field(default=1, metadata={"help": "DataLoader worker processes per training process."})
     eval_max_files: int | None = field(
         default=32, metadata={"help": "Validation pieces evaluated (all: leave empty); the same ones every time."}
     )
+    identification_min_files: int = field(
+        default=100, metadata={"help": "Training pieces a composer needs to be a likelihood-identification candidate."}
+    )
+    identification_max_pieces: int | None = field(
+        default=20, metadata={"help": "Validation pieces per candidate composer read for identification (all: empty)."}
+    )
+    identification_tokens: int = field(default=512, metadata={"help": "Music tokens per identification window."})
 
 
 @dataclass
@@ -133,7 +178,17 @@ class TrainArguments:
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments)
-CARD_SETTINGS = ("family", "preset", "block_size", "learning_rate", "max_steps", "condition_dropout", "num_processes")
+CARD_SETTINGS = (
+    "family",
+    "preset",
+    "init_from",
+    "block_size",
+    "condition_every_block",
+    "learning_rate",
+    "max_steps",
+    "condition_dropout",
+    "num_processes",
+)
 
 
 def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainArguments]:
@@ -157,8 +212,8 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Tra
     model_args, data_args, train_args = parsed
     try:
         check_arguments(model_args, data_args, train_args)
-    except (ValueError, FileNotFoundError) as error:
-        parser.error(str(error))
+    except (ValueError, OSError) as error:
+        parser.error(str(error).splitlines()[0])
     return model_args, data_args, train_args
 
 
@@ -170,8 +225,12 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, train_
     if model_args.preset not in presets:
         raise ValueError(f"unknown preset {model_args.preset!r}: choose one of {', '.join(presets)}")
     config_overrides(model_args)
+    if model_args.init_from:
+        if model_args.tokenizer:
+            raise ValueError("--init_from brings its own tokenizer: leave out --tokenizer")
+        AutoConfig.from_pretrained(model_args.init_from)  # raises when there is no model there
     for source in data_args.sources:
-        splits = {split_of(f.path) for f in list_midi_files(source)}  # raises when the source does not exist
+        splits = split_names(source)  # raises when the source does not exist
         for split in ("train", "validation"):
             if split not in splits:
                 raise ValueError(
@@ -180,14 +239,15 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, train_
                 )
     if data_args.source_weights and len(data_args.source_weights) != len(data_args.sources):
         raise ValueError("--source_weights needs one weight per source")
-    if data_args.block_size < 2:
-        raise ValueError(f"--block_size must be at least 2 (an input and a target), got {data_args.block_size}")
+    if data_args.block_size < 3:
+        raise ValueError(f"--block_size must be at least 3 (a condition and a target), got {data_args.block_size}")
     counts = {
         "per_device_train_batch_size": train_args.per_device_train_batch_size,
         "per_device_eval_batch_size": train_args.per_device_eval_batch_size,
         "gradient_accumulation_steps": train_args.gradient_accumulation_steps,
         "max_steps": train_args.max_train_tokens or train_args.max_steps,
         "logging_steps": train_args.logging_steps,
+        "identification_tokens": data_args.identification_tokens,
     }
     for name, value in counts.items():
         if value < 1:
@@ -218,25 +278,36 @@ def load_tokenizer(accelerator: Accelerator, model_args: ModelArguments, data_ar
     """The run's tokenizer, built (or loaded) by the main process and saved in `output_dir`,
     where the other processes read it."""
     if accelerator.is_main_process:
-        if model_args.tokenizer:
-            tokenizer = MusicTokenizer.from_pretrained(model_args.tokenizer)
-        else:
-            logger.info("building the tokenizer from %s", ", ".join(data_args.sources))
-            tokenizer = tokenizer_for_sources(data_args.sources, model_args.bpe_vocab_size, model_args.bpe_max_files)
+        name = model_args.init_from or model_args.tokenizer
+        tokenizer = tokenizer_for(name, data_args.sources, model_args.bpe_vocab_size, model_args.bpe_max_files)
         tokenizer.save_pretrained(output_dir)
     accelerator.wait_for_everyone()
     return MusicTokenizer.from_pretrained(output_dir)
 
 
+def pieces(tokenizer, data_args: DataArguments, split: str, **kwargs):
+    """The pieces of `split` of all sources, from their token caches or their MIDI files."""
+    return open_pieces(
+        data_args.sources,
+        split,
+        tokenizer,
+        cached=data_args.token_cache,
+        cache_dir=data_args.cache_dir,
+        num_proc=data_args.num_proc,
+        **kwargs,
+    )
+
+
 def train_loader(tokenizer, data_args: DataArguments, train_args: TrainArguments, accelerator) -> StatefulDataLoader:
     stream = TokenBlockStream(
-        mix_sources(data_args.sources, "train", data_args.source_weights, seed=train_args.seed),
+        pieces(tokenizer, data_args, "train", weights=data_args.source_weights, seed=train_args.seed),
         tokenizer,
         data_args.block_size,
         rank=accelerator.process_index,
         world_size=accelerator.num_processes,
         shuffle_buffer=data_args.shuffle_buffer,
         condition_dropout=data_args.condition_dropout,
+        condition_every_block=data_args.condition_every_block,
         seed=train_args.seed,
         loop=True,
     )
@@ -252,7 +323,7 @@ def train_loader(tokenizer, data_args: DataArguments, train_args: TrainArguments
 
 def eval_batches(tokenizer, data_args: DataArguments, train_args: TrainArguments, accelerator):
     """This process's share of the validation blocks, as batches, and the notes of the whole set."""
-    source = mix_sources(data_args.sources, "validation", repeat=False)
+    source = pieces(tokenizer, data_args, "validation", repeat=False)
     blocks, notes, skipped = evaluation_blocks(
         source, tokenizer, data_args.block_size, max_files=data_args.eval_max_files
     )
@@ -262,14 +333,59 @@ def eval_batches(tokenizer, data_args: DataArguments, train_args: TrainArguments
     mine = blocks[accelerator.process_index :: accelerator.num_processes]
     collate = BlockCollator(tokenizer.pad_token_id)
     size = train_args.per_device_eval_batch_size
-    batches = [collate([{"input_ids": b} for b in mine[i : i + size]]) for i in range(0, len(mine), size)]
+    batches = [collate(mine[i : i + size]) for i in range(0, len(mine), size)]
     # Every process runs the same number of forwards (FSDP gathers weights in each): the
     # ones with fewer blocks add a batch that predicts nothing.
     while len(batches) < math.ceil(math.ceil(len(blocks) / accelerator.num_processes) / size):
-        filler = collate([{"input_ids": blocks[0]}])
+        filler = collate(blocks[:1])
         filler["labels"].fill_(-100)
         batches.append(filler)
     return batches, notes
+
+
+def identification_setup(tokenizer, data_args: DataArguments, config) -> tuple[list, list[str]]:
+    """(windows, composers) of likelihood identification: the opening and middle windows of up to
+    `identification_max_pieces` validation pieces of each composer with enough training pieces."""
+    counts = composer_counts(
+        data_args.sources,
+        "train",
+        tokenizer,
+        cached=data_args.token_cache,
+        cache_dir=data_args.cache_dir,
+        num_proc=data_args.num_proc,
+    )
+    composers = sorted(
+        name for name, n in counts.items() if n >= data_args.identification_min_files and name in tokenizer.composers
+    )
+    if len(composers) < 2:
+        logger.info(
+            "likelihood identification off: fewer than 2 composers with %d training pieces",
+            data_args.identification_min_files,
+        )
+        return [], []
+    taken, chosen = Counter(), []
+    for piece in pieces_of(pieces(tokenizer, data_args, "validation", repeat=False), tokenizer, Counter()):
+        limit = data_args.identification_max_pieces
+        if piece["composer"] in composers and (limit is None or taken[piece["composer"]] < limit):
+            taken[piece["composer"]] += 1
+            chosen.append(piece)
+    windows = identification_windows(chosen, composers, window_tokens(config, data_args.identification_tokens))
+    logger.info("likelihood identification: %d windows of %s", len(windows), ", ".join(composers))
+    return windows, composers
+
+
+def build_model(model_args: ModelArguments, tokenizer: MusicTokenizer, overrides: dict) -> torch.nn.Module:
+    """A preset's fresh model, or the `--init_from` model in float32 (mixed precision is accelerate's)."""
+    if not model_args.init_from:
+        config = modeling.build_config(model_args.family, model_args.preset, tokenizer, **overrides)
+        return AutoModelForCausalLM.from_config(config)
+    model = AutoModelForCausalLM.from_pretrained(model_args.init_from, dtype=torch.float32, **overrides)
+    if model.config.vocab_size != len(tokenizer):
+        raise ValueError(
+            f"{model_args.init_from} has {model.config.vocab_size} token embeddings for a {len(tokenizer)}-token "
+            "tokenizer: resize them (model.resize_token_embeddings) before fine-tuning"
+        )
+    return model
 
 
 def build_optimizer(model: torch.nn.Module, train_args: TrainArguments) -> torch.optim.AdamW:
@@ -350,7 +466,8 @@ def main(argv: list[str] | None = None) -> None:
         if checkpoint is None:
             logger.info("no checkpoint in %s yet: starting from scratch", output_dir)
     overrides = config_overrides(model_args)
-    model_name = f"{model_args.family}-{model_args.preset} {overrides or ''}".strip()
+    base = f"from {model_args.init_from}" if model_args.init_from else f"{model_args.family}-{model_args.preset}"
+    model_name = f"{base} {overrides or ''}".strip()
     saved_model = read_trainer_state(checkpoint)["model"] if checkpoint else model_name
     if saved_model != model_name:
         raise ValueError(
@@ -363,16 +480,13 @@ def main(argv: list[str] | None = None) -> None:
         if checkpoint
         else load_tokenizer(accelerator, model_args, data_args, output_dir)
     )
-    config = modeling.build_config(model_args.family, model_args.preset, tokenizer, **overrides)
-    model = AutoModelForCausalLM.from_config(config)
+    model = build_model(model_args, tokenizer, overrides)
     parameters = sum(p.numel() for p in model.parameters())
-    logger.info(
-        "%s %s: %.2fM parameters, vocabulary %d",
-        model_args.family,
-        model_args.preset,
-        parameters / 1e6,
-        len(tokenizer),
-    )
+    logger.info("%s: %.2fM parameters, vocabulary %d", model_name, parameters / 1e6, len(tokenizer))
+    if data_args.token_cache:
+        with accelerator.main_process_first():  # the main process builds what is missing, the others then open it
+            for source in data_args.sources:
+                TokenCache.for_source(source, tokenizer, data_args.cache_dir, data_args.num_proc)
 
     tokens_per_step = (
         data_args.block_size
@@ -396,6 +510,7 @@ def main(argv: list[str] | None = None) -> None:
     # Not prepared: every process reads its own share (rank, world_size) and keeps its own position.
     loader = train_loader(tokenizer, data_args, train_args, accelerator)
     evaluation, notes = eval_batches(tokenizer, data_args, train_args, accelerator)
+    windows, composers = identification_setup(tokenizer, data_args, accelerator.unwrap_model(model).config)
 
     state = {"tokens": 0, "step": 0, "model": model_name}
     if checkpoint is not None:
@@ -418,6 +533,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     card_fields = {
         "sources": data_args.sources,
+        "base_model": model_args.init_from,
         "parameters": parameters,
         "training": {k: run_config[k] for k in CARD_SETTINGS} | {"tokens_per_step": tokens_per_step},
         "repo_id": train_args.hub_model_id,
@@ -486,12 +602,16 @@ def main(argv: list[str] | None = None) -> None:
             log_metrics(accelerator, output_dir, step, values)
         if (train_args.eval_steps and step % train_args.eval_steps == 0) or step == max_steps:
             metrics = evaluate(model, evaluation, accelerator, notes)
+            if windows:
+                found = identification(
+                    model, tokenizer, windows, composers, train_args.per_device_eval_batch_size, accelerator
+                )
+                metrics |= summary_metrics(found)
             log_metrics(accelerator, output_dir, step, {f"eval/{k}": v for k, v in metrics.items()})
             logger.info(
-                "step %d: eval bits/token %.4f, bits/note %.4f",
+                "step %d: eval %s",
                 step,
-                metrics["bits_per_token"],
-                metrics["bits_per_note"],
+                ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "tokens"),
             )
         if (train_args.save_steps and step % train_args.save_steps == 0) or step == max_steps:
             checkpoint_and_export(step, {f"eval_{k}": v for k, v in metrics.items()} | {"step": step})

@@ -40,7 +40,7 @@ from modeling.training import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from tokenization import BlockCollator, MusicTokenizer, load_source, skip_summary, tokenizer_for_sources
+from tokenization import BlockCollator, MusicTokenizer, composer_counts, open_pieces, skip_summary, tokenizer_for
 from tokenization.classification import composers_by_files, evaluation_windows, labelled_pieces, training_batch
 from tokenization.composers import canonical_composer
 from tokenization.metrics import topk_accuracy
@@ -51,7 +51,13 @@ RESULTS_FILE = "classifier_results.json"
 
 @dataclass
 class Arguments:
-    sources: list[str] = field(default_factory=lambda: ["bundled"], metadata={"help": "MIDI sources (train.py's)."})
+    sources: list[str] = field(
+        default_factory=lambda: ["bundled"], metadata={"help": "MIDI sources or token caches (train.py's)."}
+    )
+    token_cache: bool = field(
+        default=True, metadata={"help": "Read pieces from the sources' token caches (--no_token_cache: MIDI)."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where token caches live (train.py's)."})
     init_from: str | None = field(
         default=None, metadata={"help": "A trained GPT-2 model folder or repo id to put the head on."}
     )
@@ -62,7 +68,9 @@ class Arguments:
     composers: str | None = field(
         default=None, metadata={"help": "Comma-separated classes (default: those with --min_files training files)."}
     )
-    min_files: int = field(default=100, metadata={"help": "Training files a composer needs to be a class."})
+    min_files: int = field(
+        default=100, metadata={"help": "Training pieces (all sources together) a composer needs to be a class."}
+    )
     max_pieces_per_composer: int = field(default=200, metadata={"help": "Training pieces read per composer."})
     window_tokens: int = field(default=256, metadata={"help": "Music tokens per classified window."})
     eval_windows_per_piece: int = field(default=4, metadata={"help": "Windows of each test piece evaluated."})
@@ -80,11 +88,12 @@ class Arguments:
     seed: int = field(default=42)
 
 
-def class_names(args: Arguments) -> list[str]:
+def class_names(args: Arguments, tokenizer: MusicTokenizer) -> list[str]:
     if args.composers:
         names = list(dict.fromkeys(canonical_composer(n) for n in args.composers.split(",") if n.strip()))
     else:
-        names = sorted({name for uri in args.sources for name in composers_by_files(uri, args.min_files)})
+        counts = composer_counts(args.sources, "train", tokenizer, cached=args.token_cache, cache_dir=args.cache_dir)
+        names = sorted(composers_by_files(counts, args.min_files))
     if len(names) < 2:
         raise ValueError(
             f"a classifier needs at least 2 composers, got {names or 'none'}: lower --min_files or name them "
@@ -93,15 +102,19 @@ def class_names(args: Arguments) -> list[str]:
     return names
 
 
-def load_backbone(args: Arguments, names: list[str]) -> tuple[torch.nn.Module, MusicTokenizer]:
-    """The model with a fresh head over `names`, and its tokenizer."""
+def load_tokenizer(args: Arguments) -> MusicTokenizer:
+    """The `--init_from` model's tokenizer, else `--tokenizer`, else the sources' (see `tokenizer_for`)."""
+    return tokenizer_for(args.init_from or args.tokenizer, args.sources)
+
+
+def load_backbone(args: Arguments, names: list[str], tokenizer: MusicTokenizer) -> torch.nn.Module:
+    """The model with a fresh head over `names`."""
     labels = {
         "num_labels": len(names),
         "id2label": dict(enumerate(names)),
         "label2id": {n: i for i, n in enumerate(names)},
     }
     if args.init_from:
-        tokenizer = MusicTokenizer.from_pretrained(args.init_from)
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
                 args.init_from, pad_token_id=tokenizer.pad_token_id, dtype=torch.float32, **labels
@@ -112,25 +125,19 @@ def load_backbone(args: Arguments, names: list[str]) -> tuple[torch.nn.Module, M
                 f"({str(error).splitlines()[0]}): start from a GPT-2 (transformer) model"
             ) from None
     else:
-        tokenizer = (
-            MusicTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else tokenizer_for_sources(args.sources)
-        )
         config = modeling.build_config("transformer", args.preset, tokenizer, **labels)
         model = AutoModelForSequenceClassification.from_config(config)
     missing = [n for n in names if n not in tokenizer.composers]
     if missing:
         logger.warning("the tokenizer has no condition token for %s (fine: windows carry none)", ", ".join(missing))
     model.config.window_tokens = args.window_tokens
-    return model, tokenizer
+    return model
 
 
 def read_pieces(args: Arguments, tokenizer: MusicTokenizer, names: list[str], split: str, limit: int | None):
     skipped: Counter = Counter()
-    pieces = [
-        piece
-        for uri in args.sources
-        for piece in labelled_pieces(load_source(uri, split), tokenizer, set(names), skipped, limit)
-    ]
+    rows = open_pieces(args.sources, split, tokenizer, cached=args.token_cache, cache_dir=args.cache_dir, repeat=False)
+    pieces = labelled_pieces(rows, tokenizer, set(names), skipped, limit)
     logger.info("%s: %d pieces of %d composers; %s", split, len(pieces), len(names), skip_summary(skipped))
     return pieces
 
@@ -160,8 +167,10 @@ def main(argv: list[str] | None = None) -> dict:
             raise ValueError(
                 f"{output_dir} holds checkpoints: add --resume_from_checkpoint latest or change --output_dir"
             )
-        names = class_names(args)
-        model, tokenizer = load_backbone(args, names)
+        with accelerator.main_process_first():  # the main process builds a missing token cache
+            tokenizer = load_tokenizer(args)
+            names = class_names(args, tokenizer)
+        model = load_backbone(args, names, tokenizer)
     except (ValueError, OSError) as error:
         parser.error(str(error).splitlines()[0])
     if accelerator.is_main_process:

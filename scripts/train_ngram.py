@@ -23,18 +23,23 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
 from modeling.ngram import NGramModel
-from tokenization import MusicTokenizer, mix_sources, skip_summary, tokenizer_for_sources
-from tokenization.blocks import encode_example
+from tokenization import open_pieces, pieces_of, skip_summary, tokenizer_for
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Arguments:
-    sources: list[str] = field(default_factory=lambda: ["bundled"], metadata={"help": "MIDI sources (train.py's)."})
-    tokenizer: str | None = field(
-        default=None, metadata={"help": "Tokenizer folder or repo id (default: built from the sources)."}
+    sources: list[str] = field(
+        default_factory=lambda: ["bundled"], metadata={"help": "MIDI sources or token caches (train.py's)."}
     )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "Tokenizer folder or repo id (default: a token cache's, or built)."}
+    )
+    token_cache: bool = field(
+        default=True, metadata={"help": "Read pieces from the sources' token caches (--no_token_cache: MIDI)."}
+    )
+    cache_dir: str | None = field(default=None, metadata={"help": "Where token caches live (train.py's)."})
     order: int = field(default=4, metadata={"help": "n: the model sees the last n-1 tokens."})
     max_train_tokens: int | None = field(default=None, metadata={"help": "Stop reading after this many tokens."})
     output_dir: str = field(default="outputs/ngram")
@@ -48,20 +53,19 @@ def main(argv: list[str] | None = None) -> NGramModel:
     if args.order < 1:
         parser.error(f"--order must be at least 1, got {args.order}")
     try:
-        tokenizer = (
-            MusicTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else tokenizer_for_sources(args.sources)
+        tokenizer = tokenizer_for(args.tokenizer, args.sources)
+        rows = open_pieces(
+            args.sources, "train", tokenizer, cached=args.token_cache, cache_dir=args.cache_dir, repeat=False
         )
-        # Files in random order (each file is a shard), so that --max_train_tokens samples every
-        # composer rather than the first ones by name.
-        rows = mix_sources(args.sources, "train", repeat=False).shuffle(seed=args.seed, buffer_size=1)
     except (ValueError, OSError) as error:
         parser.error(str(error).splitlines()[0])
+    # Pieces in random order (each piece is a shard), so that --max_train_tokens samples every
+    # composer rather than the first ones by name.
+    rows = rows.shuffle(seed=args.seed, buffer_size=1)
     sequences, tokens, skipped = [], 0, Counter()
-    for row in tqdm(rows, desc="tokenizing", unit="file"):
-        encoded = encode_example(tokenizer, row, skipped)
-        if encoded is not None:
-            sequences.append(encoded[1])
-            tokens += len(encoded[1])
+    for piece in pieces_of(tqdm(rows, desc="reading", unit="piece"), tokenizer, skipped):
+        sequences.append(piece["ids"])
+        tokens += len(piece["ids"])
         if args.max_train_tokens and tokens >= args.max_train_tokens:
             break
     if not sequences:

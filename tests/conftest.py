@@ -2,6 +2,7 @@ import functools
 import importlib.util
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,15 @@ def load_script(name: str):
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session", autouse=True)
+def token_cache_dir(tmp_path_factory) -> Iterator[Path]:
+    """Where the session's token caches go (scripts run in subprocesses inherit it): never the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("token-cache")
+        patch.setenv("MIDI_LM_CACHE", str(folder))
+        yield folder
 
 
 @pytest.fixture(scope="session")

@@ -40,10 +40,11 @@ def test_labelled_pieces_keep_only_the_classes_and_no_frame(pieces, tokenizer):
     assert len(capped) == 2
 
 
-def test_composers_by_files_counts_a_split_and_leaves_out_unknown():
-    assert composers_by_files("bundled", 4)[:2] == ["bach", "beethoven"]  # 4 each, then by name
-    assert "Unknown" not in composers_by_files("bundled", 1, "test")
-    assert composers_by_files("bundled", 5) == []
+def test_composers_by_files_orders_by_count_then_name_and_leaves_out_unknown():
+    counts = Counter({"chopin": 3, "beethoven": 4, "bach": 4, "Unknown": 9})
+    assert composers_by_files(counts, 4) == ["bach", "beethoven"]
+    assert composers_by_files(counts, 1) == ["bach", "beethoven", "chopin"]
+    assert composers_by_files(counts, 5) == []
 
 
 def test_evaluation_windows_start_at_the_piece_and_carry_no_composer(pieces, tokenizer):
@@ -185,6 +186,16 @@ def test_evaluate_writes_json_report_and_plots(kind, models, classifier, tmp_pat
         assert (tmp_path / f"{kind}_guidance{run['guidance_scale']:g}.png").read_bytes()[:4] == b"\x89PNG"
     report = out.with_suffix(".md").read_text()
     assert "bits/note" in report and "| chopin |" in report and f"{kind}_guidance1.png" in report
+    found = results["identification"]
+    if kind == "ngram":  # it sees the condition in its first steps only: not measured
+        assert found is None and "Likelihood identification" not in report
+    else:
+        assert found["composers"] == ["bach", "chopin"] and found["chance"] == 0.5  # the composers asked for
+        opening = found["opening"]
+        assert opening["truth"] == ["bach", "chopin"] and len(opening["named"]) == 2  # one test piece each
+        assert opening["interval"][0] <= opening["accuracy"] <= opening["interval"][1]
+        assert 0.0 <= opening["classifier"] <= 1.0
+        assert "Likelihood identification" in report
 
 
 def test_ngram_learns_more_than_an_untrained_model(models, classifier, tmp_path):
@@ -196,10 +207,13 @@ def test_ngram_learns_more_than_an_untrained_model(models, classifier, tmp_path)
 
 def test_table_compares_runs(models, classifier, tmp_path, capsys):
     evaluate(models["ngram"], classifier, tmp_path / "ngram.json")
-    capsys.readouterr()  # the report
-    load_script("evaluate").main(["--table", str(tmp_path / "ngram.json")])
+    evaluate(models["transformer"], classifier, tmp_path / "gpt2.json")
+    capsys.readouterr()  # the reports
+    load_script("evaluate").main(["--table", str(tmp_path / "ngram.json"), str(tmp_path / "gpt2.json")])
     table = capsys.readouterr().out.splitlines()
-    assert table[0].startswith("| model | params |") and table[2].startswith("| ngram (ngram) |")
+    assert table[0].startswith("| model | params |") and table[2].startswith("| ngram (ngram) | - |")
+    assert table[3].startswith("| gpt2 (gpt2) |") and "identification opening / middle" in table[0]
+    assert table[2].count("|") == table[3].count("|") == table[0].count("|")
     assert table[-2].startswith("| real test music") and table[-1].startswith("| chance |")
     assert "| 0.333 / 1.000 |" in table[-1]  # three classes
 

@@ -55,7 +55,10 @@ def test_benchmarks_write_their_json(tmp_path):
     result = run_script("scripts/benchmark.py", "data", "--max_files", "4", "--workers", "0", "--json", str(data))
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(data.read_text())
-    assert report["token_block_stream"][0]["files"] == report["miditok_datasetmidi"]["files"] == 4
+    midi, cached = report["token_block_stream"]["midi"][0], report["token_block_stream"]["cache"][0]
+    assert midi["files"] == cached["files"] == report["miditok_datasetmidi"]["files"] == 4
+    assert midi["tokens"] == cached["tokens"] > 0  # the same pieces, read two ways
+    assert report["token_cache"]["bytes_on_disk"] > 0 and report["speedup_of_the_cache"]["0"] > 0
 
     sampling = tmp_path / "pipeline.json"
     result = run_script(

@@ -22,7 +22,7 @@ import modeling
 from conftest import load_script
 from model_cards import hub_datasets
 from modeling.training import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
-from tokenization import BlockCollator, MusicTokenizer, TokenBlockStream, load_source
+from tokenization import BlockCollator, MusicTokenizer, TokenBlockStream, TokenCache
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["--report_to", "none", "--logging_steps", "1"]
@@ -50,9 +50,8 @@ def eval_metrics(output_dir: Path) -> list[dict]:
 
 def rank_blocks_digest(tokenizer: MusicTokenizer, rank: int, batches: int, batch_size: int, block_size: int) -> str:
     """The data digest train.py logs, for what rank `rank` of 2 should read (no shuffling)."""
-    stream = TokenBlockStream(
-        load_source("bundled", "train"), tokenizer, block_size, rank=rank, world_size=2, loop=True
-    )
+    pieces = TokenCache.for_source("bundled", tokenizer).pieces("train")
+    stream = TokenBlockStream(pieces, tokenizer, block_size, rank=rank, world_size=2, loop=True)
     loader = torch.utils.data.DataLoader(
         stream, batch_size=batch_size, collate_fn=BlockCollator(tokenizer.pad_token_id)
     )
@@ -76,6 +75,7 @@ def two_process_run(tmp_path_factory) -> tuple[Path, str]:
         "scripts/configs/transformer-tiny.yaml",
         *("--output_dir", str(output_dir), "--max_steps", "16", "--eval_steps", "8", "--save_steps", "8"),
         *("--shuffle_buffer", "0", "--condition_dropout", "0", "--learning_rate", "3e-3", "--warmup_steps", "2"),
+        *("--identification_min_files", "4", "--identification_tokens", "64"),
         launcher=launcher,
     )
     return output_dir, result.stderr
@@ -95,6 +95,33 @@ def test_two_cpu_processes_read_different_files_and_stay_in_sync(two_process_run
     assert sum(list(losses.values())[-4:]) / 4 < losses[1] - 0.3
     evals = [row["eval/bits_per_token"] for row in eval_metrics(output_dir)]
     assert len(evals) == 2 and evals[1] < evals[0]
+
+
+def test_periodic_evaluation_measures_how_well_the_condition_is_followed(two_process_run):
+    output_dir, log = two_process_run
+    assert "likelihood identification: 16 windows of bach, beethoven, chopin, handel" in log  # 8 x opening, middle
+    final = eval_metrics(output_dir)[-1]
+    for position in ("opening", "middle"):
+        assert 0.0 <= final[f"eval/identification_{position}"] <= 1.0
+        assert f"eval/gain_over_unknown_{position}" in final and f"eval/gain_over_wrong_{position}" in final
+
+
+def test_init_from_fine_tunes_an_exported_model_with_its_tokenizer(two_process_run, tmp_path):
+    exported, _ = two_process_run
+    output_dir = tmp_path / "fine-tuned"
+    train(
+        *("--init_from", str(exported), "--output_dir", str(output_dir), "--max_steps", "2", "--eval_steps", "0"),
+        *("--save_steps", "0", "--block_size", "128", "--per_device_train_batch_size", "2"),
+    )
+    start = AutoModelForCausalLM.from_pretrained(exported)
+    tuned = AutoModelForCausalLM.from_pretrained(output_dir)
+    assert tuned.config.n_layer == start.config.n_layer == 2  # the exported model, not the default preset
+    assert not torch.equal(tuned.transformer.wte.weight, start.transformer.wte.weight)
+    assert (
+        MusicTokenizer.from_pretrained(output_dir).fingerprint()
+        == MusicTokenizer.from_pretrained(exported).fingerprint()
+    )
+    assert f"fine-tuned from `{exported}`" in (output_dir / "README.md").read_text()
 
 
 def test_export_folder_loads_with_auto_classes_and_has_a_model_card(two_process_run):
@@ -198,7 +225,9 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkey
         (["--resume_from_checkpoint", "/nowhere/checkpoint-5"], "is not a complete checkpoint"),
         (["--sources", "bundled:lakh"], "has no MIDI files in its validation split"),
         (["--learnig_rate", "1"], "unknown argument(s) --learnig_rate 1"),
-        (["--block_size", "1"], "--block_size must be at least 2 (an input and a target), got 1"),
+        (["--block_size", "2"], "--block_size must be at least 3 (a condition and a target), got 2"),
+        (["--init_from", "/nowhere/model"], "/nowhere/model"),
+        (["--init_from", "modeling/pretrained/gpt2-small-classical", "--tokenizer", "x"], "brings its own tokenizer"),
         (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be a positive number, got 0"),
         (["--condition_dropout", "1.5"], "--condition_dropout is a probability, got 1.5"),
     ],

@@ -1,15 +1,27 @@
-"""Training stream: MIDI rows -> token ids -> packed `block_size` blocks -> batches.
+"""Training stream: pieces -> conditioned `block_size` blocks -> batches.
 
-Files are sharded across ranks (`split_dataset_by_node`) and, inside a rank, across
-DataLoader workers (datasets does that on its own: each file is one shard). Each
-worker tokenizes its files on the fly, concatenates the pieces
-(`BOS, Composer_x, ..., EOS, BOS, Composer_y, ...`), cuts the stream into blocks and
-shuffles them through a buffer.
+Every block starts with the condition of the piece it continues, `BOS, Composer_x` (or
+`BOS, Composer_Unknown` under condition dropout), followed by the next chunk of that piece:
+the context the pipeline generates from, at every position of every piece. The prefix is
+context only (labels -100), so each music token and each EOS is a target exactly once. When
+a piece ends inside a block, the next piece follows in the same block with its own `BOS,
+Composer_y`; a piece never starts in a block's last two positions (the block ends there).
 
-The position is resumable: `state_dict()` holds the source's position, the tokens
-carried over to the next block, the shuffle buffer, the random state and the skip
-counts, so `torchdata`'s `StatefulDataLoader` (accelerate's `use_stateful_dataloader`)
-restarts exactly where it stopped, per worker.
+Condition dropout is decided per block, not per piece: every piece is then seen both with
+its composer and without, chunk by chunk, which is the difference classifier-free guidance
+amplifies, and the unconditional branch learns every position of every piece, not whole
+pieces only.
+
+Rows come from a source: token-cache rows (`{"ids", "composer", "path", "notes"}`, see
+`cache.py`) are used as they are; MIDI rows (`{"midi", "composer", "path"}`) are tokenized on
+the fly. Sources are sharded across ranks (`split_dataset_by_node`) and, inside a rank,
+across DataLoader workers (datasets does that on its own: each piece is one shard). Blocks
+are shuffled through a buffer.
+
+The position is resumable: `state_dict()` holds the source's position, the block being
+filled, the shuffle buffer, the random state and the skip counts, so `torchdata`'s
+`StatefulDataLoader` (accelerate's `use_stateful_dataloader`) restarts exactly where it
+stopped, per worker.
 """
 
 from __future__ import annotations
@@ -18,8 +30,9 @@ import copy
 import logging
 import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
+import symusic
 import torch
 from datasets import IterableDataset
 from datasets.distributed import split_dataset_by_node
@@ -29,18 +42,20 @@ from .tokenizer import InvalidMidiError, MusicTokenizer, load_score
 
 logger = logging.getLogger(__name__)
 
+IGNORE = -100  # the label of a position without a target
+PREFIX = 2  # BOS and the condition token
 
-def encode_example(
-    tokenizer: MusicTokenizer, example: dict, skipped: Counter, composer: str | None = None, log: bool = True
-):
-    """(score, ids) of a source row, or None after counting (and logging) why it was skipped.
 
-    `composer` overrides the row's label (condition dropout); a label the tokenizer has
-    no token for is encoded as `Unknown`.
+def encode_midi(
+    tokenizer: MusicTokenizer, row: dict, skipped: Counter, log: bool = True
+) -> tuple[symusic.Score, list[int]] | None:
+    """(score, ids) of a MIDI row, or None after counting (and logging) why it was skipped.
+
+    A label the tokenizer has no token for is encoded as `Unknown`.
     """
     try:
-        score = load_score(example["midi"])
-        name = canonical_composer(composer if composer is not None else example["composer"])
+        score = load_score(row["midi"])
+        name = canonical_composer(row["composer"])
         ids = tokenizer.encode(score, name if name in tokenizer.composers else UNKNOWN)
     except InvalidMidiError as error:
         reason, detail = error.reason, str(error)
@@ -50,8 +65,29 @@ def encode_example(
         return score, ids
     skipped[reason] += 1
     if log:
-        logger.warning("skipped %s (%s)", example["path"], detail)
+        logger.warning("skipped %s (%s)", row["path"], detail)
     return None
+
+
+def as_piece(tokenizer: MusicTokenizer, row: dict, skipped: Counter, log: bool = True) -> dict | None:
+    """A source row as a piece `{"ids", "composer", "path", "notes"}`: a token-cache row as it is,
+    a MIDI row tokenized (None if it is unusable, counted in `skipped`)."""
+    if "ids" in row:
+        return row
+    encoded = encode_midi(tokenizer, row, skipped, log)
+    if encoded is None:
+        return None
+    score, ids = encoded
+    composer = canonical_composer(row["composer"])
+    return {"ids": ids, "composer": composer, "path": row["path"], "notes": score.note_num()}
+
+
+def pieces_of(rows: Iterable[dict], tokenizer: MusicTokenizer, skipped: Counter) -> Iterator[dict]:
+    """The usable pieces among source rows, in order; unusable MIDI is counted in `skipped`."""
+    for row in rows:
+        piece = as_piece(tokenizer, row, skipped)
+        if piece is not None:
+            yield piece
 
 
 def skip_summary(skipped: Counter) -> str:
@@ -62,13 +98,76 @@ def skip_summary(skipped: Counter) -> str:
     return f"skipped {sum(skipped.values())} files: {reasons}"
 
 
+class BlockPacker:
+    """Cuts pieces (`BOS, condition, music..., EOS`) into `{"input_ids", "labels"}` blocks.
+
+    `condition_every_block=False` is the earlier packing, kept to measure against: pieces
+    are concatenated and cut, so a block in the middle of a piece carries no condition.
+    The prefix carries no loss in both. The packer's state (the block being filled) is a
+    plain dict, so that the stream can checkpoint it.
+    """
+
+    def __init__(
+        self,
+        block_size: int,
+        tokenizer: MusicTokenizer,
+        *,
+        condition_every_block: bool = True,
+        condition_dropout: float = 0.0,
+    ) -> None:
+        if block_size < PREFIX + 1:
+            raise ValueError(f"block_size must be at least {PREFIX + 1} (a condition prefix and a target)")
+        if not 0.0 <= condition_dropout <= 1.0:
+            raise ValueError(f"condition_dropout is a probability, got {condition_dropout}")
+        self.block_size = block_size
+        self.bos_token_id = tokenizer.bos_token_id
+        self.unknown_token_id = tokenizer.composer_token_id(None)
+        self.condition_every_block = condition_every_block
+        self.condition_dropout = condition_dropout
+
+    @staticmethod
+    def fresh_state() -> dict:
+        return {"ids": [], "labels": [], "dropped": False}
+
+    def add(self, state: dict, ids: list[int], rng: random.Random | None = None) -> list[dict]:
+        """Pack one piece; return the blocks it completes (the last one may stay in `state`)."""
+        condition, position = ids[1], PREFIX
+        blocks = []
+        if state["ids"] and self.block_size - len(state["ids"]) <= PREFIX:
+            blocks.append(self._close(state))
+        while position < len(ids):
+            if not state["ids"]:
+                state["dropped"] = bool(self.condition_dropout) and rng.random() < self.condition_dropout
+            if position == PREFIX or (not state["ids"] and self.condition_every_block):
+                state["ids"] += [self.bos_token_id, self.unknown_token_id if state["dropped"] else condition]
+                state["labels"] += [IGNORE] * PREFIX
+            take = ids[position : position + self.block_size - len(state["ids"])]
+            position += len(take)
+            state["ids"] += take
+            state["labels"] += take
+            if len(state["ids"]) == self.block_size:
+                blocks.append(self._close(state))
+        return blocks
+
+    def flush(self, state: dict) -> list[dict]:
+        """The block being filled, if it holds a target (at the end of a finite source)."""
+        has_target = any(label != IGNORE for label in state["labels"])
+        block = self._close(state)
+        return [block] if has_target else []
+
+    def _close(self, state: dict) -> dict:
+        block = {"input_ids": state["ids"], "labels": state["labels"]}
+        state.update(self.fresh_state())
+        return block
+
+
 class TokenBlockStream(torch.utils.data.IterableDataset):
-    """Packed token blocks of a MIDI source, as `{"input_ids": list[int]}` rows.
+    """Conditioned token blocks of a source, as `{"input_ids", "labels"}` rows.
 
     `loop=True` repeats the source forever (training); `loop=False` reads it once and
-    ends with a shorter last block (evaluation). `shuffle_buffer > 0` shuffles the file
-    order at every epoch and the blocks through a buffer of that many; 0 keeps file
-    order. Unusable files are counted at every pass and logged at the first.
+    ends with a shorter last block (evaluation). `shuffle_buffer > 0` shuffles the piece
+    order at every epoch and the blocks through a buffer of that many; 0 keeps the order.
+    Unusable MIDI files are counted at every pass and logged at the first.
     """
 
     def __init__(
@@ -81,20 +180,21 @@ class TokenBlockStream(torch.utils.data.IterableDataset):
         world_size: int = 1,
         shuffle_buffer: int = 0,
         condition_dropout: float = 0.0,
+        condition_every_block: bool = True,
         seed: int = 0,
         loop: bool = False,
     ) -> None:
-        if block_size < 2:
-            raise ValueError(f"block_size must be at least 2, got {block_size}")
-        if not 0.0 <= condition_dropout <= 1.0:
-            raise ValueError(f"condition_dropout is a probability, got {condition_dropout}")
+        self.packer = BlockPacker(
+            block_size,
+            tokenizer,
+            condition_every_block=condition_every_block,
+            condition_dropout=condition_dropout,
+        )
         if shuffle_buffer:
-            source = source.shuffle(seed=seed, buffer_size=1)  # file order per epoch; blocks mix below
+            source = source.shuffle(seed=seed, buffer_size=1)  # piece order per epoch; blocks mix below
         self.source = split_dataset_by_node(source, rank=rank, world_size=world_size) if world_size > 1 else source
         self.tokenizer = tokenizer
-        self.block_size = block_size
         self.shuffle_buffer = shuffle_buffer
-        self.condition_dropout = condition_dropout
         self.seed = seed + 7919 * rank
         self.loop = loop
         self._state = self._fresh_state(epoch=0)
@@ -106,7 +206,7 @@ class TokenBlockStream(torch.utils.data.IterableDataset):
             "epoch": epoch,
             "source": None,
             "pieces": 0,
-            "carry": [],
+            "block": self.packer.fresh_state(),
             "buffer": [],
             "rng": rng,
             "skipped": Counter(),
@@ -125,10 +225,11 @@ class TokenBlockStream(torch.utils.data.IterableDataset):
         buffered blocks themselves are never modified, and the buffer holds hundreds of them.
         """
         state = self._state
+        block = state["block"]
         return {
             **state,
             "source": copy.deepcopy(state["source"]),
-            "carry": list(state["carry"]),
+            "block": {**block, "ids": list(block["ids"]), "labels": list(block["labels"])},
             "buffer": list(state["buffer"]),
             "skipped": Counter(state["skipped"]),
             "rng": state["rng"].getstate(),
@@ -141,17 +242,21 @@ class TokenBlockStream(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         state = self._state
-        if state["source"] is None and not state["carry"] and not state["buffer"]:
+        if state["source"] is None and not state["block"]["ids"] and not state["buffer"]:
             state = self._state = self._fresh_state(state["epoch"]) | {"skipped": state["skipped"]}
-        yield from self._cut(state)  # a resumed stream first finishes the piece it was in
+        yield from self._drain(state)  # a resumed stream first yields what its buffer holds over its size
         while True:
             if self.shuffle_buffer:
                 self.source.set_epoch(state["epoch"])
             if state["source"] is not None:
                 self.source.load_state_dict(state["source"])
-            for example in self.source:
+            for row in self.source:
                 state["source"] = self.source.state_dict()
-                yield from self._add_piece(example, state)
+                piece = as_piece(self.tokenizer, row, state["skipped"], log=state["epoch"] == 0)
+                if piece is not None:
+                    state["pieces"] += 1
+                    state["buffer"] += self.packer.add(state["block"], piece["ids"], state["rng"])
+                    yield from self._drain(state)
             if not self.loop:
                 break
             if not state["pieces"]:
@@ -160,65 +265,51 @@ class TokenBlockStream(torch.utils.data.IterableDataset):
                     "use fewer ranks or DataLoader workers than files, or check the source"
                 )
             state.update(epoch=state["epoch"] + 1, source=None, pieces=0)
+        state["buffer"] += self.packer.flush(state["block"])
         while state["buffer"]:
             yield self._pop(state)
-        if len(state["carry"]) >= 2:  # a single token would be a block without a target
-            yield {"input_ids": state["carry"]}
-        state["carry"] = []
         self._state = self._fresh_state(epoch=0) | {"skipped": state["skipped"]}
 
-    def _add_piece(self, example: dict, state: dict) -> Iterator[dict]:
-        dropped = self.condition_dropout and state["rng"].random() < self.condition_dropout
-        composer = UNKNOWN if dropped else None
-        encoded = encode_example(self.tokenizer, example, state["skipped"], composer, log=state["epoch"] == 0)
-        if encoded is None:
-            return
-        state["pieces"] += 1
-        state["carry"].extend(encoded[1])
-        yield from self._cut(state)
-
-    def _cut(self, state: dict) -> Iterator[dict]:
-        while len(state["carry"]) >= self.block_size:
-            state["buffer"].append(state["carry"][: self.block_size])
-            del state["carry"][: self.block_size]
-            if len(state["buffer"]) > self.shuffle_buffer:
-                yield self._pop(state)
+    def _drain(self, state: dict) -> Iterator[dict]:
+        while len(state["buffer"]) > self.shuffle_buffer:
+            yield self._pop(state)
 
     def _pop(self, state: dict) -> dict:
         buffer = state["buffer"]
-        index = state["rng"].randrange(len(buffer)) if self.shuffle_buffer else 0
+        if not self.shuffle_buffer:
+            return buffer.pop(0)
+        index = state["rng"].randrange(len(buffer))
         buffer[index], buffer[-1] = buffer[-1], buffer[index]
-        return {"input_ids": buffer.pop()}
+        return buffer.pop()
 
 
 def evaluation_blocks(
-    source: IterableDataset, tokenizer: MusicTokenizer, block_size: int, *, max_files: int | None = None
-) -> tuple[list[list[int]], int, Counter]:
-    """(blocks, notes, skipped) of the first `max_files` usable pieces of `source`, in order.
+    rows: Iterable[dict], tokenizer: MusicTokenizer, block_size: int, *, max_files: int | None = None
+) -> tuple[list[dict], int, Counter]:
+    """(blocks, notes, skipped) of the first `max_files` usable pieces of `rows`, in order.
 
-    The pieces are concatenated like training data and cut into blocks that overlap by one
-    token, so every token but the very first is predicted exactly once; `notes` counts the
-    notes of those pieces, so that summed bits / notes is the bits per note of the set.
+    The pieces are framed as in training without dropout, so every block starts with its
+    piece's condition, as generation does, and every music token and EOS is predicted
+    exactly once; `notes` counts the notes of those pieces, so that summed bits / notes is
+    the bits per note of the set.
     """
-    if block_size < 2:
-        raise ValueError(f"block_size must be at least 2, got {block_size}")
-    ids: list[int] = []
-    notes, pieces, skipped = 0, 0, Counter()
-    for example in source:
-        if max_files is not None and pieces == max_files:
+    packer = BlockPacker(block_size, tokenizer)
+    state = packer.fresh_state()
+    blocks, notes, skipped = [], 0, Counter()
+    for count, piece in enumerate(pieces_of(rows, tokenizer, skipped)):
+        if count == max_files:
             break
-        encoded = encode_example(tokenizer, example, skipped)
-        if encoded is not None:
-            notes += encoded[0].note_num()
-            pieces += 1
-            ids.extend(encoded[1])
-    starts = range(0, max(len(ids) - 1, 1), block_size - 1)
-    blocks = [ids[start : start + block_size] for start in starts]
-    return [block for block in blocks if len(block) >= 2], notes, skipped
+        notes += piece["notes"]
+        blocks += packer.add(state, piece["ids"])
+    return blocks + packer.flush(state), notes, skipped
 
 
 class BlockCollator:
-    """Batches blocks: pads to the longest, `attention_mask` 0 and `labels` -100 on padding."""
+    """Batches blocks: pads to the longest, `attention_mask` 0 and `labels` -100 on padding.
+
+    Rows without `labels` are targets everywhere (a classifier's windows, whose labels the
+    caller sets).
+    """
 
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
@@ -226,9 +317,11 @@ class BlockCollator:
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         length = max(len(row["input_ids"]) for row in rows)
         input_ids = torch.full((len(rows), length), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
         for i, row in enumerate(rows):
-            input_ids[i, : len(row["input_ids"])] = torch.tensor(row["input_ids"])
-            attention_mask[i, : len(row["input_ids"])] = 1
-        labels = input_ids.masked_fill(attention_mask == 0, -100)
+            size = len(row["input_ids"])
+            input_ids[i, :size] = torch.tensor(row["input_ids"])
+            labels[i, :size] = torch.tensor(row.get("labels", row["input_ids"]))
+            attention_mask[i, :size] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

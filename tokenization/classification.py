@@ -15,9 +15,8 @@ from dataclasses import dataclass
 
 import symusic
 
-from .blocks import encode_example
+from .blocks import PREFIX, as_piece
 from .composers import UNKNOWN, canonical_composer
-from .sources import list_midi_files
 from .tokenizer import MusicTokenizer
 
 MIN_MUSIC_TOKENS = 16  # shorter pieces say too little to be labelled
@@ -30,11 +29,13 @@ class LabelledPiece:
     path: str
 
 
-def composers_by_files(uri: str, min_files: int, split: str = "train") -> list[str]:
-    """Composers (not `Unknown`) with at least `min_files` files in `split`, most files first."""
-    counts = Counter(f.composer for f in list_midi_files(uri, split))
-    counts.pop(UNKNOWN, None)
-    return [name for name, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])) if n >= min_files]
+def composers_by_files(counts: Counter, min_files: int) -> list[str]:
+    """Composers (not `Unknown`) with at least `min_files` pieces in `counts`, most first."""
+    return [
+        name
+        for name, n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        if n >= min_files and name != UNKNOWN
+    ]
 
 
 def same_vocabulary(first: MusicTokenizer, second: MusicTokenizer) -> bool:
@@ -44,7 +45,7 @@ def same_vocabulary(first: MusicTokenizer, second: MusicTokenizer) -> bool:
 
 def music_ids(tokenizer: MusicTokenizer, score: symusic.Score) -> list[int]:
     """The music tokens of a score, without its frame (BOS, condition, EOS)."""
-    return tokenizer.encode(score)[2:-1]
+    return tokenizer.encode(score)[PREFIX:-1]
 
 
 def labelled_pieces(
@@ -54,9 +55,10 @@ def labelled_pieces(
     skipped: Counter,
     max_per_composer: int | None = None,
 ) -> list[LabelledPiece]:
-    """The pieces of `composers` among source rows (up to `max_per_composer` each), tokenized.
+    """The pieces of `composers` among source rows (token-cache or MIDI rows; up to
+    `max_per_composer` each), as music tokens.
 
-    Rows of other composers are passed over before they are parsed; unusable files are
+    Rows of other composers are passed over before MIDI is parsed; unusable files are
     counted in `skipped`.
     """
     taken: Counter = Counter()
@@ -65,10 +67,10 @@ def labelled_pieces(
         name = canonical_composer(row["composer"])
         if name not in composers or (max_per_composer is not None and taken[name] >= max_per_composer):
             continue
-        encoded = encode_example(tokenizer, row, skipped, composer=UNKNOWN)
-        if encoded is None:
+        piece = as_piece(tokenizer, row, skipped)
+        if piece is None:
             continue
-        music = encoded[1][2:-1]
+        music = list(piece["ids"][PREFIX:-1])
         if len(music) < MIN_MUSIC_TOKENS:
             skipped["too short to classify"] += 1
             continue

@@ -50,6 +50,7 @@ class MidiFile:
     url: str  # what fsspec opens
     path: str  # relative to the source root: the split hash and the logs use it
     composer: str
+    size: int  # bytes: with the path, what tells a token cache that the source changed
 
 
 def resolve(uri: str) -> tuple[str, str | None]:
@@ -116,20 +117,30 @@ def list_midi_files(
     parent = root.rsplit("/", 1)[0]
     if root.endswith("/data") and fs.exists(f"{parent}/metadata.csv"):  # the classical dataset's data/ folder
         root = parent  # paths stay `data/...`: same labels and splits as the dataset's root
-    found = sorted(p for p in fs.find(root) if p.lower().endswith(MIDI_SUFFIXES))
+    details = fs.find(root, detail=True)
+    found = sorted(p for p in details if p.lower().endswith(MIDI_SUFFIXES))
     relative = [p[len(root) + 1 :] for p in found]
     layout = layout or _detect_layout(fs, root, relative)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     prefix = "" if protocol in ("file", "local") else f"{protocol}://"
-    files = [MidiFile(prefix + full, rel, _composer(layout, rel)) for full, rel in zip(found, relative, strict=True)]
+    files = [
+        MidiFile(prefix + full, rel, _composer(layout, rel), details[full].get("size", 0))
+        for full, rel in zip(found, relative, strict=True)
+    ]
     if layout == "lakh" and not include_versions:
         files = [f for f in files if not _VERSION.search(Path(f.path).stem)]
     if split is not None:
         files = [f for f in files if split_of(f.path) == split]
-    if max_files is not None:  # a salted hash: the lowest plain hashes would all be training files
-        files = sorted(files, key=lambda f: path_hash("sample:" + f.path))[:max_files]
-        files.sort(key=lambda f: f.path)
+    if max_files is not None:
+        chosen = sample_paths([f.path for f in files], max_files)
+        files = [f for f in files if f.path in chosen]
     return files
+
+
+def sample_paths(paths: list[str], max_files: int) -> set[str]:
+    """A fixed sample of `max_files` paths, by a salted hash of the path (the lowest plain
+    hashes would all be training files)."""
+    return set(sorted(paths, key=lambda path: path_hash("sample:" + path))[:max_files])
 
 
 def _read(urls: list[str], paths: list[str], composers: list[str]):
@@ -174,15 +185,21 @@ def mix_sources(
     seed: int = 0,
     repeat: bool = True,
 ) -> IterableDataset:
-    """Several sources as one stream: each next file comes from source i with probability
-    `weights[i]` (normalised; default equal), until every source has been read once.
-    `repeat=True` (training) repeats the smaller sources meanwhile; `repeat=False`
-    (evaluation) reads every file exactly once. One source is returned as it is."""
-    if weights and len(weights) != len(uris):
-        raise ValueError(f"{len(weights)} source weights for {len(uris)} sources: give one weight per source")
+    """Several MIDI sources as one stream (see `interleave`)."""
+    return interleave([load_source(uri, split) for uri in uris], weights, seed=seed, repeat=repeat)
+
+
+def interleave(
+    sources: list[IterableDataset], weights: list[float] | None = None, *, seed: int = 0, repeat: bool = True
+) -> IterableDataset:
+    """Several streams as one: each next row comes from stream i with probability
+    `weights[i]` (normalised; default equal), until every stream has been read once.
+    `repeat=True` (training) repeats the smaller streams meanwhile; `repeat=False`
+    (evaluation) reads every row exactly once. One stream is returned as it is."""
+    if weights and len(weights) != len(sources):
+        raise ValueError(f"{len(weights)} source weights for {len(sources)} sources: give one weight per source")
     if weights and (min(weights) < 0 or sum(weights) <= 0):
         raise ValueError(f"source weights must be non-negative and not all zero, got {weights}")
-    sources = [load_source(uri, split) for uri in uris]
     if len(sources) == 1:
         return sources[0]
     total = sum(weights) if weights else len(sources)

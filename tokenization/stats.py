@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import symusic
 
-from .blocks import encode_example
+from .blocks import encode_midi
 from .tokenizer import MusicTokenizer
 
 
@@ -48,7 +48,7 @@ def corpus_table(tokenizer: MusicTokenizer, rows: Iterable[dict]) -> tuple[list[
     skipped: Counter = Counter()
     totals: dict[str, Counter] = {}
     for row in rows:
-        encoded = encode_example(tokenizer, row, skipped)
+        encoded = encode_midi(tokenizer, row, skipped)
         if encoded is None:
             continue
         score, ids = encoded

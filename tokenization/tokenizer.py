@@ -14,6 +14,7 @@ installed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from collections.abc import Iterable
@@ -135,6 +136,15 @@ class MusicTokenizer:
             self._conditions.append(name)
             added.append(self.base_vocab_size + len(self._conditions) - 1)
         return added
+
+    def fingerprint(self) -> str:
+        """A digest of everything that decides the ids (miditok's configuration, vocabulary and
+        BPE model, and the condition tokens): token ids stored for one tokenizer are valid for
+        another only when their fingerprints are equal."""
+        with tempfile.TemporaryDirectory() as folder:
+            self.base.save(Path(folder) / BASE_FILE)
+            base = (Path(folder) / BASE_FILE).read_bytes()
+        return hashlib.sha256(base + json.dumps(self._conditions).encode()).hexdigest()[:16]
 
     def composer_token_id(self, composer: str | None) -> int:
         """Id of `Composer_<name>` (None gives `Composer_Unknown`); an unknown name is an error."""

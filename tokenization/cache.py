@@ -1,0 +1,334 @@
+"""The token cache: a source's pieces tokenized once, as memory-mapped Arrow.
+
+Tokenizing the classical dataset takes minutes on a CPU, and training epochs, DataLoader
+workers, evaluations, the classifier, the n-gram and the benchmark would each do it again.
+`TokenCache.for_source(uri, tokenizer)` tokenizes a source once, with a `datasets` map over
+its files (`num_proc` processes), and saves one row per usable piece, `{"ids", "composer",
+"path", "notes", "split"}`, with `save_to_disk`; later calls memory-map it. Ids are stored
+as uint16 when the vocabulary allows (32M tokens: 64 MB).
+
+A cache lives in `<cache_dir>/<source>-<digest of its location>/<tokenizer fingerprint>/`,
+so another tokenizer never reads stale ids, and it records the source's listing (paths,
+sizes, labels): when that changes, the cache is built again. The folder also holds the
+tokenizer and `token_cache.json` (what was built from what, skipped files, twins), so it can
+stand in for its source, e.g. on a machine without the MIDI files: pass the folder where a
+source is expected. It is then refused for any other tokenizer.
+
+Splits come from the path hash, as for MIDI read on the fly, except that twins (the same
+music in several files, see `duplicates.py`) are kept in one split: the cache is where every
+file of the source has been parsed, so it is where they can be found.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import fsspec
+import numpy as np
+from datasets import Dataset, Features, IterableDataset, List, Value, load_from_disk
+from huggingface_hub.constants import HF_HOME
+
+from . import duplicates
+from .blocks import encode_midi, skip_summary
+from .sources import (
+    SPLITS,
+    interleave,
+    list_midi_files,
+    load_source,
+    resolve,
+    sample_paths,
+    split_of,
+    tokenizer_for_sources,
+)
+from .tokenizer import MusicTokenizer
+
+logger = logging.getLogger(__name__)
+
+INFO_FILE = "token_cache.json"
+FORMAT = 1  # bump when the stored columns change: older caches are then built again
+COLUMNS = ("ids", "composer", "path", "notes")
+
+
+def default_cache_dir() -> Path:
+    """`$MIDI_LM_CACHE`, else `midi-lm/token-cache` under the Hugging Face home."""
+    return Path(os.environ.get("MIDI_LM_CACHE", Path(HF_HOME) / "midi-lm" / "token-cache"))
+
+
+def is_token_cache(uri: str) -> bool:
+    return (Path(uri) / INFO_FILE).is_file()
+
+
+def listing_digest(uri: str) -> str:
+    """A digest of the source's files (path, size, label): it changes when the source does."""
+    files = [(f.path, f.size, f.composer) for f in list_midi_files(uri)]
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
+
+
+def source_key(uri: str) -> str:
+    """A folder name for a source: its last path part and a digest of its full location."""
+    url, layout = resolve(uri)
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in url.rstrip("/").rsplit("/", 1)[-1])
+    return f"{name}-{hashlib.sha256(f'{layout}:{url}'.encode()).hexdigest()[:8]}"
+
+
+class TokenCache:
+    """The pieces of one source under one tokenizer (see the module docstring)."""
+
+    def __init__(self, folder: str | Path, tokenizer: MusicTokenizer | None = None) -> None:
+        self.folder = Path(folder)
+        self.info = json.loads((self.folder / INFO_FILE).read_text())
+        if tokenizer is not None and tokenizer.fingerprint() != self.info["tokenizer"]:
+            raise ValueError(
+                f"the token cache {self.folder} was built with another tokenizer (fingerprint "
+                f"{self.info['tokenizer']}, this one has {tokenizer.fingerprint()}): use the tokenizer saved "
+                "in that folder, or give the MIDI source to tokenize it with yours"
+            )
+        self.dataset = load_from_disk(str(self.folder))
+        self.splits: list[str] = self.dataset["split"]
+
+    @classmethod
+    def for_source(
+        cls, uri: str, tokenizer: MusicTokenizer, cache_dir: str | Path | None = None, num_proc: int | None = None
+    ) -> TokenCache:
+        """The cache of `uri` for `tokenizer`, built first if it is missing or the source changed.
+
+        `uri` may also be a cache folder itself (then it must match `tokenizer`).
+        """
+        if is_token_cache(uri):
+            return cls(uri, tokenizer)
+        folder = Path(cache_dir or default_cache_dir()) / source_key(uri) / tokenizer.fingerprint()
+        listing = listing_digest(uri)
+        if (folder / INFO_FILE).is_file():
+            cache = cls(folder)
+            if cache.info["listing"] == listing and cache.info["format"] == FORMAT:
+                return cache
+            logger.info("%s changed since its token cache was built: building it again", uri)
+        return cls.build(uri, tokenizer, folder, num_proc)
+
+    @classmethod
+    def build(cls, uri: str, tokenizer: MusicTokenizer, folder: Path, num_proc: int | None = None) -> TokenCache:
+        """Tokenize every file of `uri`, find the twins, assign splits and save to `folder`."""
+        files = list_midi_files(uri)
+        if not files:
+            raise ValueError(f"no MIDI files in {uri!r}")
+        num_proc = num_proc or max(1, min(os.cpu_count() or 1, len(files) // 64))
+        table = Dataset.from_dict(
+            {"url": [f.url for f in files], "path": [f.path for f in files], "composer": [f.composer for f in files]}
+        )
+        ids_type = "uint16" if len(tokenizer) <= 2**16 else "int32"
+        encoded = table.map(
+            _encode_batch,
+            batched=True,
+            batch_size=16,
+            num_proc=num_proc if num_proc > 1 else None,
+            fn_kwargs={"tokenizer": tokenizer},
+            remove_columns=["url"],
+            features=Features(
+                {
+                    "path": Value("string"),
+                    "composer": Value("string"),
+                    "ids": List(Value(ids_type)),
+                    "notes": Value("int64"),
+                    "fingerprint": List(Value("uint32")),
+                    "digest": Value("string"),
+                    "skipped": Value("string"),
+                }
+            ),
+            new_fingerprint=hashlib.sha256(f"{folder}-{listing_digest(uri)}".encode()).hexdigest()[:32],
+            desc=f"tokenizing {uri}",
+        )
+        skipped = Counter(reason for reason in encoded["skipped"] if reason)
+        usable = encoded.filter(lambda reason: not reason, input_columns="skipped")
+        if not len(usable):
+            raise ValueError(f"no usable MIDI in {uri!r} ({skip_summary(skipped)})")
+        paths = usable["path"]
+        splits, twins = twin_splits(paths, usable.with_format("numpy")["fingerprint"], usable["digest"])
+        pieces = usable.remove_columns(["fingerprint", "digest", "skipped"]).add_column("split", splits)
+        partial = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(partial, ignore_errors=True)
+        pieces.save_to_disk(str(partial))
+        tokenizer.save_pretrained(partial)
+        info = {
+            "format": FORMAT,
+            "source": uri,
+            "tokenizer": tokenizer.fingerprint(),
+            "listing": listing_digest(uri),
+            "files": len(files),
+            "pieces": len(pieces),
+            "tokens": int(sum(len(ids) for ids in pieces.with_format("numpy")["ids"])),
+            "skipped": dict(skipped),
+            "splits": dict(Counter(splits)),
+            "twins": twins,
+        }
+        (partial / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(partial, folder)
+        logger.info(
+            "token cache of %s: %d pieces, %d tokens, %s; %d held-out pieces had a twin in train; in %s",
+            uri,
+            info["pieces"],
+            info["tokens"],
+            skip_summary(skipped),
+            sum(twins["held_out_with_twin_in_train"].values()),
+            folder,
+        )
+        return cls(folder)
+
+    def indices(self, split: str | None = None, max_files: int | None = None) -> list[int]:
+        """Rows of `split` (all for None), or a fixed sample of `max_files` of them, in path order."""
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)} or None")
+        rows = [i for i, name in enumerate(self.splits) if split is None or name == split]
+        if max_files is not None:
+            paths = self.dataset.select(rows)["path"]
+            chosen = sample_paths(paths, max_files)
+            rows = [i for i, path in zip(rows, paths, strict=True) if path in chosen]
+        return rows
+
+    def pieces(self, split: str | None = None, max_files: int | None = None) -> IterableDataset:
+        """A stream of `{"ids", "composer", "path", "notes"}`, one shard per piece (as MIDI
+        sources have one per file), so ranks and workers read different pieces."""
+        rows = self.indices(split, max_files)
+        if not rows:
+            raise ValueError(f"no pieces in the {split} split of {self.info['source']}")
+        features = Features({name: self.dataset.features[name] for name in COLUMNS})
+        return IterableDataset.from_generator(
+            _read_rows, gen_kwargs={"rows": rows, "folder": str(self.folder)}, features=features
+        )
+
+    def composer_counts(self, split: str | None = None) -> Counter:
+        """Pieces per composer in `split`."""
+        composers = self.dataset["composer"]
+        return Counter(composers[i] for i in self.indices(split))
+
+
+@functools.lru_cache(maxsize=8)
+def _opened(folder: str) -> Dataset:
+    """The cache's rows, memory-mapped once per process (DataLoader workers each open their own)."""
+    return load_from_disk(folder).select_columns(list(COLUMNS))
+
+
+def _read_rows(rows: list[int], folder: str):
+    dataset = _opened(folder)
+    for i in rows:
+        yield dataset[i]
+
+
+def _encode_batch(batch: dict[str, list], tokenizer: MusicTokenizer) -> dict[str, list]:
+    """The map function: read, tokenize and fingerprint each file; an unusable one gets its reason."""
+    out = {name: [] for name in ("path", "composer", "ids", "notes", "fingerprint", "digest", "skipped")}
+    for url, path, composer in zip(batch["url"], batch["path"], batch["composer"], strict=True):
+        skipped: Counter = Counter()
+        try:
+            with fsspec.open(url, "rb") as handle:
+                midi = handle.read()
+        except OSError as error:
+            logger.warning("skipped %s: cannot read it (%s)", path, error)
+            skipped["unreadable"] += 1
+            midi = None
+        row = {"midi": midi, "composer": composer, "path": path}
+        encoded = encode_midi(tokenizer, row, skipped) if midi is not None else None
+        score, ids = encoded if encoded is not None else (None, [])
+        out["path"].append(path)
+        out["composer"].append(composer)
+        out["ids"].append(ids)
+        out["notes"].append(score.note_num() if score is not None else 0)
+        out["fingerprint"].append(duplicates.fingerprint(score) if score is not None else np.zeros(0, np.uint32))
+        out["digest"].append(duplicates.note_digest(score) if score is not None else "")
+        out["skipped"].append(next(iter(skipped), ""))
+    return out
+
+
+def twin_splits(paths: list[str], fingerprints: list[np.ndarray], digests: list[str]) -> tuple[list[str], dict]:
+    """The split of every piece with twins kept together, and a report of the twins found."""
+    hashed = [split_of(path) for path in paths]
+    pairs = duplicates.twin_pairs(fingerprints)
+    groups = duplicates.twin_groups(len(paths), pairs)
+    splits = duplicates.group_splits(paths, hashed, groups)
+    members: dict[int, list[str]] = {}
+    for path, group in zip(paths, groups, strict=True):
+        members.setdefault(group, []).append(path)
+    exact = Counter(digests)
+    report = {
+        "containment_threshold": duplicates.CONTAINMENT,
+        "pairs": len(pairs),
+        "exact_duplicates": sum(n - 1 for n in exact.values()),
+        "pieces_with_a_twin": sum(len(m) for m in members.values() if len(m) > 1),
+        "held_out_with_twin_in_train": {
+            split: sum(h == split and s == "train" for h, s in zip(hashed, splits, strict=True))
+            for split in SPLITS
+            if split != "train"
+        },
+        "moved": {p: f"{h} -> {s}" for p, h, s in zip(paths, hashed, splits, strict=True) if h != s},
+        "groups": sorted(sorted(m) for m in members.values() if len(m) > 1),
+    }
+    return splits, report
+
+
+def open_pieces(
+    uris: list[str],
+    split: str | None,
+    tokenizer: MusicTokenizer,
+    *,
+    cached: bool = True,
+    cache_dir: str | Path | None = None,
+    num_proc: int | None = None,
+    max_files: int | None = None,
+    weights: list[float] | None = None,
+    seed: int = 0,
+    repeat: bool = True,
+) -> IterableDataset:
+    """The rows of `split` of several sources as one stream (`interleave`): pieces from each
+    source's token cache, built on first use, or with `cached=False` MIDI rows, tokenized by
+    whoever reads them (splits by path hash only: twins are found when a cache is built)."""
+    if cached:
+        sources = [TokenCache.for_source(uri, tokenizer, cache_dir, num_proc).pieces(split, max_files) for uri in uris]
+    else:
+        caches = [uri for uri in uris if is_token_cache(uri)]
+        if caches:
+            raise ValueError(f"{', '.join(caches)} is a token cache: read it with the cache on, not --no_token_cache")
+        sources = [load_source(uri, split, max_files=max_files) for uri in uris]
+    return interleave(sources, weights, seed=seed, repeat=repeat)
+
+
+def split_names(uri: str) -> set[str]:
+    """The splits that hold files of `uri` (a MIDI source by path hash, a cache as it was built)."""
+    if is_token_cache(uri):
+        return set(json.loads((Path(uri) / INFO_FILE).read_text())["splits"])
+    return {split_of(f.path) for f in list_midi_files(uri)}
+
+
+def composer_counts(
+    uris: list[str],
+    split: str,
+    tokenizer: MusicTokenizer,
+    *,
+    cached: bool = True,
+    cache_dir: str | Path | None = None,
+    num_proc: int | None = None,
+) -> Counter:
+    """Pieces (files, without the cache) per composer in `split` of all `uris` together."""
+    if cached:
+        caches = [TokenCache.for_source(uri, tokenizer, cache_dir, num_proc) for uri in uris]
+        return sum((cache.composer_counts(split) for cache in caches), Counter())
+    return Counter(f.composer for uri in uris for f in list_midi_files(uri, split))
+
+
+def tokenizer_for(
+    name: str | None, sources: list[str], bpe_vocab_size: int = 0, bpe_max_files: int = 2000
+) -> MusicTokenizer:
+    """The tokenizer `name` (a folder or Hub repo id); without one, the tokenizer saved in a
+    token-cache source, else a new one built from the sources (`tokenizer_for_sources`)."""
+    if name:
+        return MusicTokenizer.from_pretrained(name)
+    caches = [uri for uri in sources if is_token_cache(uri)]
+    if caches:
+        return MusicTokenizer.from_pretrained(caches[0])
+    return tokenizer_for_sources(sources, bpe_vocab_size, bpe_max_files)
