@@ -167,8 +167,8 @@ def bootstrap_interval(
 
 
 def summary_metrics(results: dict) -> dict[str, float]:
-    """What a training log follows: accuracy and gains (bits per window) per position."""
-    metrics = {}
+    """What a training log follows: accuracy and gains (bits per window) per position, and chance."""
+    metrics = {"identification_chance": results["chance"]}
     for position in POSITIONS:
         if position in results:
             found = results[position]

@@ -532,8 +532,10 @@ def comparison_table(results: dict[str, dict]) -> str:
     if results:
         first = next(iter(results.values()))
         real, chance = first["real"]["classifier"]["mean"], first["real"]["chance"]
-        for name, accuracy in (("real test music (opening windows)", real), ("chance", chance)):
-            cells = [name, *[""] * 7, f"{accuracy['top1']:.3f} / {accuracy['top3']:.3f}"]
+        found = next((r["identification"] for r in results.values() if r.get("identification")), None)
+        guess = f"{found['chance']:.3f} / {found['chance']:.3f}" if found else ""
+        for name, accuracy, identified in (("real test music (opening windows)", real, ""), ("chance", chance, guess)):
+            cells = [name, *[""] * 4, identified, "", "", f"{accuracy['top1']:.3f} / {accuracy['top3']:.3f}"]
             lines.append("| " + " | ".join(cells + [""] * (len(FEATURES) + 1)) + " |")
     return "\n".join(lines)
 

@@ -179,9 +179,6 @@ class TrainArguments:
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments)
 CARD_SETTINGS = (
-    "family",
-    "preset",
-    "init_from",
     "block_size",
     "condition_every_block",
     "learning_rate",
@@ -388,6 +385,13 @@ def build_model(model_args: ModelArguments, tokenizer: MusicTokenizer, overrides
     return model
 
 
+def model_origin(model_args: ModelArguments) -> dict:
+    """What the model card says the training started from."""
+    if model_args.init_from:
+        return {"init_from": model_args.init_from}
+    return {"family": model_args.family, "preset": model_args.preset}
+
+
 def build_optimizer(model: torch.nn.Module, train_args: TrainArguments) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not on norms, biases or per-channel vectors)."""
     decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and "norm" not in name.lower()]
@@ -535,7 +539,9 @@ def main(argv: list[str] | None = None) -> None:
         "sources": data_args.sources,
         "base_model": model_args.init_from,
         "parameters": parameters,
-        "training": {k: run_config[k] for k in CARD_SETTINGS} | {"tokens_per_step": tokens_per_step},
+        "training": model_origin(model_args)
+        | {k: run_config[k] for k in CARD_SETTINGS}
+        | {"tokens_per_step": tokens_per_step},
         "repo_id": train_args.hub_model_id,
         "license": train_args.license,
     }

@@ -121,7 +121,9 @@ def test_init_from_fine_tunes_an_exported_model_with_its_tokenizer(two_process_r
         MusicTokenizer.from_pretrained(output_dir).fingerprint()
         == MusicTokenizer.from_pretrained(exported).fingerprint()
     )
-    assert f"fine-tuned from `{exported}`" in (output_dir / "README.md").read_text()
+    card = (output_dir / "README.md").read_text()
+    assert f"fine-tuned from `{exported}`" in card and f"| init_from | `{exported}` |" in card
+    assert "| preset |" not in card  # the preset's defaults played no part
 
 
 def test_export_folder_loads_with_auto_classes_and_has_a_model_card(two_process_run):

@@ -39,6 +39,7 @@ from . import duplicates
 from .blocks import encode_midi, skip_summary
 from .sources import (
     SPLITS,
+    MidiFile,
     interleave,
     list_midi_files,
     load_source,
@@ -65,10 +66,10 @@ def is_token_cache(uri: str) -> bool:
     return (Path(uri) / INFO_FILE).is_file()
 
 
-def listing_digest(uri: str) -> str:
-    """A digest of the source's files (path, size, label): it changes when the source does."""
-    files = [(f.path, f.size, f.composer) for f in list_midi_files(uri)]
-    return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
+def listing_digest(files: list[MidiFile]) -> str:
+    """A digest of a source's files (path, size, label): it changes when the source does."""
+    listing = [(f.path, f.size, f.composer) for f in files]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
 
 def source_key(uri: str) -> str:
@@ -84,10 +85,11 @@ class TokenCache:
     def __init__(self, folder: str | Path, tokenizer: MusicTokenizer | None = None) -> None:
         self.folder = Path(folder)
         self.info = json.loads((self.folder / INFO_FILE).read_text())
-        if tokenizer is not None and tokenizer.fingerprint() != self.info["tokenizer"]:
+        fingerprint = tokenizer.fingerprint() if tokenizer is not None else self.info["tokenizer"]
+        if fingerprint != self.info["tokenizer"]:
             raise ValueError(
                 f"the token cache {self.folder} was built with another tokenizer (fingerprint "
-                f"{self.info['tokenizer']}, this one has {tokenizer.fingerprint()}): use the tokenizer saved "
+                f"{self.info['tokenizer']}, this one has {fingerprint}): use the tokenizer saved "
                 "in that folder, or give the MIDI source to tokenize it with yours"
             )
         self.dataset = load_from_disk(str(self.folder))
@@ -104,10 +106,9 @@ class TokenCache:
         if is_token_cache(uri):
             return cls(uri, tokenizer)
         folder = Path(cache_dir or default_cache_dir()) / source_key(uri) / tokenizer.fingerprint()
-        listing = listing_digest(uri)
         if (folder / INFO_FILE).is_file():
             cache = cls(folder)
-            if cache.info["listing"] == listing and cache.info["format"] == FORMAT:
+            if cache.info["listing"] == listing_digest(list_midi_files(uri)) and cache.info["format"] == FORMAT:
                 return cache
             logger.info("%s changed since its token cache was built: building it again", uri)
         return cls.build(uri, tokenizer, folder, num_proc)
@@ -118,6 +119,7 @@ class TokenCache:
         files = list_midi_files(uri)
         if not files:
             raise ValueError(f"no MIDI files in {uri!r}")
+        listing = listing_digest(files)
         num_proc = num_proc or max(1, min(os.cpu_count() or 1, len(files) // 64))
         table = Dataset.from_dict(
             {"url": [f.url for f in files], "path": [f.path for f in files], "composer": [f.composer for f in files]}
@@ -141,7 +143,7 @@ class TokenCache:
                     "skipped": Value("string"),
                 }
             ),
-            new_fingerprint=hashlib.sha256(f"{folder}-{listing_digest(uri)}".encode()).hexdigest()[:32],
+            new_fingerprint=hashlib.sha256(f"{folder}-{listing}".encode()).hexdigest()[:32],
             desc=f"tokenizing {uri}",
         )
         skipped = Counter(reason for reason in encoded["skipped"] if reason)
@@ -159,7 +161,7 @@ class TokenCache:
             "format": FORMAT,
             "source": uri,
             "tokenizer": tokenizer.fingerprint(),
-            "listing": listing_digest(uri),
+            "listing": listing,
             "files": len(files),
             "pieces": len(pieces),
             "tokens": int(sum(len(ids) for ids in pieces.with_format("numpy")["ids"])),
@@ -199,9 +201,8 @@ class TokenCache:
         if not rows:
             raise ValueError(f"no pieces in the {split} split of {self.info['source']}")
         features = Features({name: self.dataset.features[name] for name in COLUMNS})
-        return IterableDataset.from_generator(
-            _read_rows, gen_kwargs={"rows": rows, "folder": str(self.folder)}, features=features
-        )
+        where = {"folder": str(self.folder), "listing": self.info["listing"]}
+        return IterableDataset.from_generator(_read_rows, gen_kwargs={"rows": rows, **where}, features=features)
 
     def composer_counts(self, split: str | None = None) -> Counter:
         """Pieces per composer in `split`."""
@@ -210,13 +211,14 @@ class TokenCache:
 
 
 @functools.lru_cache(maxsize=8)
-def _opened(folder: str) -> Dataset:
-    """The cache's rows, memory-mapped once per process (DataLoader workers each open their own)."""
+def _opened(folder: str, listing: str) -> Dataset:
+    """The cache's rows, memory-mapped once per process (DataLoader workers each open their own);
+    `listing` tells a cache built again in the same folder from the one it replaced."""
     return load_from_disk(folder).select_columns(list(COLUMNS))
 
 
-def _read_rows(rows: list[int], folder: str):
-    dataset = _opened(folder)
+def _read_rows(rows: list[int], folder: str, listing: str):
+    dataset = _opened(folder, listing)
     for i in rows:
         yield dataset[i]
 
