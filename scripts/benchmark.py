@@ -36,6 +36,7 @@ import itertools
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -66,6 +67,9 @@ class DataArguments:
     block_size: int = 1024
     batch_size: int = 8
     workers: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "DataLoader worker counts."})
+    repeats: int = field(
+        default=3, metadata={"help": "Timed passes over each stream; the median counts (single passes drift)."}
+    )
     prefetch_factor: int = field(
         default=32,
         metadata={
@@ -75,25 +79,28 @@ class DataArguments:
     )
 
 
-def time_stream(args: DataArguments, tokenizer, source, num_workers: int) -> dict:
-    """Pieces (one EOS each) and predicted tokens per second of the block stream over `source`."""
+def time_stream(args: DataArguments, tokenizer, open_source, num_workers: int) -> dict:
+    """Median time of `args.repeats` passes, each over a fresh stream (a finished stream resumes at its end)."""
     from tokenization import BlockCollator, TokenBlockStream
 
-    stream = TokenBlockStream(source, tokenizer, args.block_size)
-    loader = torch.utils.data.DataLoader(
-        stream,
-        batch_size=args.batch_size,
-        num_workers=num_workers,
-        prefetch_factor=args.prefetch_factor if num_workers else None,
-        collate_fn=BlockCollator(tokenizer.pad_token_id),
-    )
-    files = tokens = 0
-    start = time.perf_counter()
-    for batch in loader:
-        targets = batch["labels"][batch["labels"] != -100]
-        files += int((targets == tokenizer.eos_token_id).sum())
-        tokens += len(targets)
-    return {"num_workers": num_workers, "seconds": time.perf_counter() - start, "files": files, "tokens": tokens}
+    passes = []
+    for _ in range(args.repeats):
+        loader = torch.utils.data.DataLoader(
+            TokenBlockStream(open_source(), tokenizer, args.block_size),
+            batch_size=args.batch_size,
+            num_workers=num_workers,
+            prefetch_factor=args.prefetch_factor if num_workers else None,
+            collate_fn=BlockCollator(tokenizer.pad_token_id),
+        )
+        files = tokens = 0
+        start = time.perf_counter()
+        for batch in loader:
+            targets = batch["labels"][batch["labels"] != -100]
+            files += int((targets == tokenizer.eos_token_id).sum())
+            tokens += len(targets)
+        passes.append(time.perf_counter() - start)
+    seconds = statistics.median(passes)
+    return {"num_workers": num_workers, "seconds": seconds, "passes": passes, "files": files, "tokens": tokens}
 
 
 def time_miditok(args: DataArguments, tokenizer) -> dict:
@@ -141,11 +148,11 @@ def benchmark_data(args: DataArguments) -> dict:
     streams = {"midi": [], "cache": []}
     for num_workers in args.workers:
         sources = {
-            "midi": load_source(args.source, max_files=args.max_files),
-            "cache": cache.pieces(max_files=args.max_files),
+            "midi": lambda: load_source(args.source, max_files=args.max_files),
+            "cache": lambda: cache.pieces(max_files=args.max_files),
         }
-        for kind, source in sources.items():
-            streams[kind].append(with_rates(time_stream(args, tokenizer, source, num_workers)))
+        for kind, open_source in sources.items():
+            streams[kind].append(with_rates(time_stream(args, tokenizer, open_source, num_workers)))
             print(f"TokenBlockStream, {kind}, {num_workers} workers: {streams[kind][-1]['tokens_per_s']:.0f} tokens/s")
     return {
         "benchmark": "data",

@@ -52,12 +52,15 @@ def test_benchmarks_write_their_json(tmp_path):
     assert models.with_suffix(".png").stat().st_size > 0
 
     data = tmp_path / "data.json"
-    result = run_script("scripts/benchmark.py", "data", "--max_files", "4", "--workers", "0", "--json", str(data))
+    result = run_script(
+        "scripts/benchmark.py", "data", "--max_files", "4", "--workers", "0", "--repeats", "2", "--json", str(data)
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(data.read_text())
     midi, cached = report["token_block_stream"]["midi"][0], report["token_block_stream"]["cache"][0]
     assert midi["files"] == cached["files"] == report["miditok_datasetmidi"]["files"] == 4
-    assert midi["tokens"] == cached["tokens"] > 0  # the same pieces, read two ways
+    assert midi["tokens"] == cached["tokens"] > 0  # the same pieces, read two ways; counted in the last pass
+    assert len(midi["passes"]) == len(cached["passes"]) == 2
     assert report["token_cache"]["bytes_on_disk"] > 0 and report["speedup_of_the_cache"]["0"] > 0
 
     sampling = tmp_path / "pipeline.json"

@@ -32,6 +32,7 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
+import numpy as np
 import symusic
 import torch
 from datasets import IterableDataset
@@ -304,6 +305,12 @@ def evaluation_blocks(
     return blocks + packer.flush(state), notes, skipped
 
 
+def as_long(values: list[int]) -> torch.Tensor:
+    """A list of ids as a tensor through numpy: `torch.tensor` converts a list item by item,
+    8x slower, and was three quarters of the cached stream's time."""
+    return torch.from_numpy(np.asarray(values, dtype=np.int64))
+
+
 class BlockCollator:
     """Batches blocks: pads to the longest, `attention_mask` 0 and `labels` -100 on padding.
 
@@ -321,7 +328,7 @@ class BlockCollator:
         attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
         for i, row in enumerate(rows):
             size = len(row["input_ids"])
-            input_ids[i, :size] = torch.tensor(row["input_ids"])
-            labels[i, :size] = torch.tensor(row.get("labels", row["input_ids"]))
+            input_ids[i, :size] = as_long(row["input_ids"])
+            labels[i, :size] = as_long(row.get("labels", row["input_ids"]))
             attention_mask[i, :size] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
