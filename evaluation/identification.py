@@ -47,7 +47,8 @@ def window_tokens(config, length: int) -> int:
 
 def identification_windows(pieces: Iterable[dict], composers: Iterable[str], length: int) -> list[Window]:
     """The opening window of every piece of `composers` and, where the piece holds two windows'
-    worth, the window in its middle (so the two never overlap)."""
+    worth, the window centred in it (in a piece shorter than three windows the two share
+    music, each scored from its own start)."""
     wanted = set(composers)
     windows = []
     for piece in pieces:
@@ -73,13 +74,13 @@ def condition_nll(
     """Nats of each window's music after each condition's prefix, `[windows, conditions]`.
 
     With an `accelerator`, every process reads an equal slice of the windows (padded by
-    repeating the first ones, so all run the same forwards, as FSDP needs) and the slices
+    repeating windows in order, so all run the same forwards, as FSDP needs) and the slices
     are gathered.
     """
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     ranks = accelerator.num_processes if accelerator is not None else 1
     share = math.ceil(len(windows) / ranks)
-    padded = windows + windows[: share * ranks - len(windows)]
+    padded = [windows[i % len(windows)] for i in range(share * ranks)]  # cyclic: fewer windows than ranks too
     rank = accelerator.process_index if accelerator is not None else 0
     mine = padded[rank * share : (rank + 1) * share]
     collate = BlockCollator(tokenizer.pad_token_id)

@@ -505,7 +505,7 @@ def comparison_table(results: dict[str, dict]) -> str:
     """The README's table: one row per results file (named by its stem) and guidance scale."""
     header = (
         "| model | params | train tok/s | bits/token | bits/note | identification opening / middle "
-        "| gain over Unknown / wrong (bits) | guidance | classifier top-1 / top-3 | "
+        "| opening gain over Unknown / wrong (bits) | guidance | classifier top-1 / top-3 | "
         + " | ".join(f"{f} overlap" for f in FEATURES)
         + " | ms/token |"
     )

@@ -3,9 +3,11 @@ when the source changes, usable as a source of its own, with twins kept in one s
 
 import itertools
 import shutil
+import threading
 
 import pytest
 import symusic
+from filelock import FileLock
 
 from tokenization import (
     TokenBlockStream,
@@ -17,6 +19,7 @@ from tokenization import (
     split_of,
     tokenizer_for,
 )
+from tokenization.cache import source_key
 
 BROKEN = "data/german-overture_to_princess_of_kensington.mid"  # the bundled corpus's one unreadable file
 
@@ -80,6 +83,25 @@ def test_a_changed_source_is_tokenized_again(tokenizer, tmp_path):
     shutil.copy(files[2].url, source / files[2].path.removeprefix("data/"))
     second = TokenCache.for_source(str(source.parent), tokenizer, tmp_path / "caches")
     assert (first.info["pieces"], second.info["pieces"]) == (2, 3) and second.folder == first.folder
+
+
+def test_a_job_waits_for_the_one_building_the_cache(tokenizer, tmp_path):
+    source = tmp_path / "source" / "data"
+    source.mkdir(parents=True)
+    for f in [f for f in list_midi_files("bundled") if f.composer == "bach"][:2]:
+        shutil.copy(f.url, source / f.path.removeprefix("data/"))
+    folder = tmp_path / "caches" / source_key(str(source.parent)) / tokenizer.fingerprint()
+    folder.parent.mkdir(parents=True)
+    built = []
+    job = threading.Thread(
+        target=lambda: built.append(TokenCache.for_source(str(source.parent), tokenizer, folder.parent.parent))
+    )
+    with FileLock(folder.with_name(folder.name + ".lock")):  # another job is building
+        job.start()
+        job.join(timeout=3)
+        assert job.is_alive() and not folder.exists()
+    job.join(timeout=120)
+    assert not job.is_alive() and built[0].info["pieces"] == 2
 
 
 def path_in(split: str, stem: str) -> str:

@@ -33,6 +33,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 from datasets import Dataset, Features, IterableDataset, List, Value, load_from_disk
+from filelock import FileLock
 from huggingface_hub.constants import HF_HOME
 
 from . import duplicates
@@ -101,17 +102,21 @@ class TokenCache:
     ) -> TokenCache:
         """The cache of `uri` for `tokenizer`, built first if it is missing or the source changed.
 
-        `uri` may also be a cache folder itself (then it must match `tokenizer`).
+        `uri` may also be a cache folder itself (then it must match `tokenizer`). A file lock
+        beside the folder lets one job build while others (seeds started together, an
+        evaluation beside a training) wait and then read what it built.
         """
         if is_token_cache(uri):
             return cls(uri, tokenizer)
         folder = Path(cache_dir or default_cache_dir()) / source_key(uri) / tokenizer.fingerprint()
-        if (folder / INFO_FILE).is_file():
-            cache = cls(folder)
-            if cache.info["listing"] == listing_digest(list_midi_files(uri)) and cache.info["format"] == FORMAT:
-                return cache
-            logger.info("%s changed since its token cache was built: building it again", uri)
-        return cls.build(uri, tokenizer, folder, num_proc)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(folder.with_name(folder.name + ".lock")):
+            if (folder / INFO_FILE).is_file():
+                cache = cls(folder)
+                if cache.info["listing"] == listing_digest(list_midi_files(uri)) and cache.info["format"] == FORMAT:
+                    return cache
+                logger.info("%s changed since its token cache was built: building it again", uri)
+            return cls.build(uri, tokenizer, folder, num_proc)
 
     @classmethod
     def build(cls, uri: str, tokenizer: MusicTokenizer, folder: Path, num_proc: int | None = None) -> TokenCache:
