@@ -146,11 +146,11 @@ def benchmark_data(args: DataArguments) -> dict:
     miditok_result = with_rates(time_miditok(args, tokenizer))
     print(f"miditok DatasetMIDI, 1 process: {miditok_result['tokens_per_s']:.0f} tokens/s")
     streams = {"midi": [], "cache": []}
+    sources = {
+        "midi": lambda: load_source(args.source, max_files=args.max_files),
+        "cache": lambda: cache.pieces(max_files=args.max_files),
+    }
     for num_workers in args.workers:
-        sources = {
-            "midi": lambda: load_source(args.source, max_files=args.max_files),
-            "cache": lambda: cache.pieces(max_files=args.max_files),
-        }
         for kind, open_source in sources.items():
             streams[kind].append(with_rates(time_stream(args, tokenizer, open_source, num_workers)))
             print(f"TokenBlockStream, {kind}, {num_workers} workers: {streams[kind][-1]['tokens_per_s']:.0f} tokens/s")

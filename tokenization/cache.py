@@ -86,8 +86,7 @@ class TokenCache:
     def __init__(self, folder: str | Path, tokenizer: MusicTokenizer | None = None) -> None:
         self.folder = Path(folder)
         self.info = json.loads((self.folder / INFO_FILE).read_text())
-        fingerprint = tokenizer.fingerprint() if tokenizer is not None else self.info["tokenizer"]
-        if fingerprint != self.info["tokenizer"]:
+        if tokenizer is not None and (fingerprint := tokenizer.fingerprint()) != self.info["tokenizer"]:
             raise ValueError(
                 f"the token cache {self.folder} was built with another tokenizer (fingerprint "
                 f"{self.info['tokenizer']}, this one has {fingerprint}): use the tokenizer saved "
