@@ -8,7 +8,7 @@ SOUNDFONT ?= /usr/share/sounds/sf2/FluidR3_GM.sf2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format clean cuda-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,14 @@ lint: install
 
 test: lint
 	$(BIN)/pytest
+
+# On a CUDA machine (`make cuda-check TORCH=torch`): the GPU kernels' extra, the tests that
+# compare them with the PyTorch paths, and the GPU benchmark (batch 32 x 1024, bf16).
+cuda-check: install
+	MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE $(BIN)/pip install --no-build-isolation -e ".[cuda]"
+	$(BIN)/pytest tests/test_models.py tests/test_slstm.py -k "cuda or flashrnn"
+	$(BIN)/python scripts/benchmark.py models --device cuda --precision bf16 --train_batch 32 \
+		--train_lengths 1024 --contexts 256 4096 --json outputs/bench_models_gpu.json
 
 format: install
 	$(BIN)/ruff format .

@@ -3,6 +3,8 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+SLSTM_BACKENDS = ("auto", "native", "vanilla", "flashrnn")
+
 
 @strict
 class MusicXLSTMConfig(PreTrainedConfig):
@@ -17,6 +19,10 @@ class MusicXLSTMConfig(PreTrainedConfig):
     mlstm_proj_factor (`float`): width of the mLSTM blocks' SwiGLU feed-forward relative to `n_embd`.
     slstm_proj_factor (`float`): width of the sLSTM blocks' gated GELU feed-forward.
     gate_soft_cap (`float`): soft cap of the mLSTM gate pre-activations.
+    slstm_backend (`str`): how sLSTM blocks run: "auto" (the fused kernel on CUDA where installed,
+        else "native"), "native" (PyTorch with a hand-written backward, every device), "vanilla"
+        (the `xlstm` package's reference loop, slow) or "flashrnn" (CUDA). Every backend reads
+        the same weights, so a checkpoint runs on all of them.
     """
 
     model_type = "music_xlstm"
@@ -34,6 +40,7 @@ class MusicXLSTMConfig(PreTrainedConfig):
     mlstm_proj_factor: float = 2.667
     slstm_proj_factor: float = 1.3
     gate_soft_cap: float = 15.0
+    slstm_backend: str = "auto"
     layer_norm_epsilon: float = 1e-6
     initializer_range: float = 0.02
     bos_token_id: int | None = 1
@@ -46,6 +53,10 @@ class MusicXLSTMConfig(PreTrainedConfig):
         """Checked by `@strict` on creation."""
         if self.n_embd % self.num_heads:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of num_heads ({self.num_heads})")
+        if self.slstm_backend not in SLSTM_BACKENDS:
+            raise ValueError(
+                f"unknown slstm_backend {self.slstm_backend!r}: choose one of {', '.join(SLSTM_BACKENDS)}"
+            )
         if any(not 0 <= i < self.n_layer for i in self.slstm_at):
             raise ValueError(f"slstm_at {list(self.slstm_at)} must index blocks 0..{self.n_layer - 1}")
 

@@ -5,9 +5,19 @@ chunkwise kernels, so training cost grows linearly with length) with sLSTM block
 memory with recurrent mixing, `xlstm.blocks.slstm`) at `config.slstm_at`.
 
 Kernels: the mLSTM uses the package's pure-PyTorch chunkwise kernel on CPU and its Triton
-kernels on CUDA, chosen per call from the input's device. The sLSTM uses the package's
-"vanilla" PyTorch backend everywhere: its CUDA backend compiles at start-up and stores the
-recurrent weights in another layout, so checkpoints would not move between devices.
+kernels on CUDA, chosen per call from the input's device. The sLSTM keeps the package's
+modules and parameters (one layout on disk: the "vanilla" backend's) and runs on a backend
+chosen per call by `config.slstm_backend` and the input's device:
+
+- "vanilla": the package's reference loop. Autograd records ~30 small ops per time step and
+  copies its whole state buffer at each one in backward: quadratic in length.
+- "native": the same math as one autograd function with a hand-written backward: the input
+  projections for all steps in one matmul, ~15 ops per step forward, ~12 backward, and the
+  recurrent weight gradient as one matmul after the loop. Pure PyTorch: runs everywhere.
+- "flashrnn": the fused Triton sLSTM kernel of `flashrnn` (CUDA; no compiler needed, Triton
+  builds it once per sequence length and batch size), fed the same weights permuted to its
+  layout at each call.
+- "auto": "flashrnn" on CUDA where it is installed and suits the head width, else "native".
 
 Generation carries one fixed-size state per block (mLSTM: C, n, m; sLSTM: conv window and
 y, c, n, m) in a `MusicXLSTMCache`: the cost of a new token does not depend on the context.
@@ -31,6 +41,11 @@ from xlstm.xlstm_large.model import mLSTMBlock, xLSTMLargeConfig
 
 from .configuration_music_xlstm import MusicXLSTMConfig
 
+try:  # the [cuda] extra: fused sLSTM kernels in Triton
+    from flashrnn import flashrnn
+except ImportError:
+    flashrnn = None
+
 KERNELS = {
     "cpu": {
         "chunkwise_kernel": "chunkwise--native_autograd",
@@ -52,6 +67,166 @@ INIT_ROLES = (
     ("out_proj", "residual"),
     ("proj_down", "residual"),
 )
+
+
+def slstm_scan(
+    wx: torch.Tensor, recurrent: torch.Tensor, state: torch.Tensor, fresh: bool
+) -> tuple[torch.Tensor, ...]:
+    """The sLSTM recurrence of the package's vanilla backend, in fewer and larger ops.
+
+    wx: input pre-activations with bias, [steps, heads, batch, 4 * head_dim], gates i, f, z, o
+    in the last dimension. recurrent: the vanilla layout [heads, 4 * head_dim, head_dim].
+    state: y, c, n, m as [4, heads, batch, head_dim]. fresh: the state is all zeros, where the
+    package starts the stabiliser m at the input gate (its `n == 0` branch); after one step
+    n >= 1, so the branch can only be taken at the first.
+
+    Returns the pre-activations, the gate activations [steps, 4, ...] (exp(i - m),
+    exp(log sigmoid f + m' - m), tanh z, sigmoid o), y, c and n for steps 0..S (index 0: the
+    state given) and the last m: everything the hand-written backward needs.
+    """
+    steps, heads, batch, width = wx.shape
+    head_dim = width // 4
+    recurrent_t = recurrent.transpose(1, 2).contiguous()
+    raw = torch.empty_like(wx)
+    gates = wx.new_empty(steps, 4, heads, batch, head_dim)
+    ys, cs, ns = (wx.new_empty(steps + 1, heads, batch, head_dim) for _ in range(3))
+    ys[0], cs[0], ns[0] = state[0], state[1], state[2]
+    m, log_f = state[3].clone(), torch.empty_like(state[3])
+    gate_views = raw.view(steps, heads, batch, 4, head_dim)
+    for t in range(steps):  # views made per step die with it: thousands kept alive would wake the full GC
+        torch.baddbmm(wx[t], ys[t], recurrent_t, out=raw[t])
+        i, f, z, o = gate_views[t].unbind(2)
+        i_act, f_act, z_act, o_act = gates[t].unbind(0)
+        c, n, c_next, n_next = cs[t], ns[t], cs[t + 1], ns[t + 1]
+        torch.tanh(z, out=z_act)
+        torch.sigmoid(o, out=o_act)
+        if t == 0 and fresh:  # c = n = 0: the forget gate multiplies nothing
+            m = i.clone()
+            i_act.fill_(1.0)
+            f_act.zero_()
+            c_next.copy_(z_act)
+            n_next.fill_(1.0)
+        else:
+            torch.sub(m, nn.functional.softplus(-f), out=log_f)  # log sigmoid(f) + m
+            m = torch.maximum(i, log_f)
+            torch.sub(i, m, out=i_act).exp_()
+            torch.sub(log_f, m, out=f_act).exp_()
+            torch.mul(f_act, c, out=c_next).addcmul_(i_act, z_act)
+            torch.addcmul(i_act, f_act, n, out=n_next)
+        torch.div(c_next, n_next, out=ys[t + 1]).mul_(o_act)
+    return raw, gates, ys, cs, ns, m
+
+
+class SLSTMScan(torch.autograd.Function):
+    """`slstm_scan` with its backward written out: autograd would record every step's ops.
+
+    The stabiliser m is a constant in the backward: y does not depend on it (c and n both
+    carry its factor), so this is the gradient the vanilla backend computes through it.
+    No gradient reaches the initial state (training starts every block from zeros).
+    """
+
+    @staticmethod
+    def forward(ctx, wx: torch.Tensor, recurrent: torch.Tensor, state: torch.Tensor, fresh: bool):
+        raw, gates, ys, cs, ns, m = slstm_scan(wx, recurrent, state, fresh)
+        ctx.save_for_backward(recurrent, raw, gates, ys, cs, ns)
+        last = torch.stack((ys[-1], cs[-1], ns[-1], m))
+        ctx.mark_non_differentiable(last)
+        return ys[1:], last
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor, grad_last: torch.Tensor):
+        recurrent, raw, gates, ys, cs, ns = ctx.saved_tensors
+        steps, heads, batch, width = raw.shape
+        i_act, f_act, z_act, o_act = gates.unbind(1)
+        h = cs[1:] / ns[1:]
+        forget_slope = torch.sigmoid(-raw.view(steps, heads, batch, 4, -1)[..., 1, :]) * f_act
+        # d(loss)/d(pre-activations) per step from dy (the output's and the recurrence's), dc, dn:
+        coefficients = torch.stack(
+            (
+                o_act,  # dh = dy * o
+                ns[1:].reciprocal(),  # dc += dh / n
+                h / ns[1:],  # dn -= dh * h / n
+                h * o_act * (1 - o_act),  # do = dy * h * o (1 - o)
+                i_act * (1 - z_act * z_act),  # dz = dc * i (1 - tanh^2)
+                z_act * i_act,  # di = dc * tanh z * i + dn * i
+                i_act,
+                cs[:-1] * forget_slope,  # df = (dc * c' + dn * n') * f * sigmoid(-f)
+                ns[:-1] * forget_slope,
+                f_act,  # dc' = dc * f, dn' = dn * f
+            ),
+            dim=1,
+        )
+        grad_raw = torch.empty_like(raw)
+        grad_gates = grad_raw.view(steps, heads, batch, 4, -1)
+        dc, dn, dh = (raw.new_zeros(heads, batch, width // 4) for _ in range(3))
+        dy = grad_y[-1].clone()
+        for t in range(steps - 1, -1, -1):
+            if t < steps - 1:
+                torch.baddbmm(grad_y[t], grad_raw[t + 1], recurrent, out=dy)
+            o, inv_n, h_n, d_o, d_z, d_i, i, d_fc, d_fn, f = coefficients[t].unbind(0)
+            grad_i, grad_f, grad_z, grad_o = grad_gates[t].unbind(2)
+            torch.mul(dy, o, out=dh)
+            dc.addcmul_(dh, inv_n)
+            dn.addcmul_(dh, h_n, value=-1.0)
+            torch.mul(dy, d_o, out=grad_o)
+            torch.mul(dc, d_z, out=grad_z)
+            torch.mul(dc, d_i, out=grad_i).addcmul_(dn, i)
+            torch.mul(dc, d_fc, out=grad_f).addcmul_(dn, d_fn)
+            dc.mul_(f)
+            dn.mul_(f)
+        grad_recurrent = torch.bmm(
+            grad_raw.transpose(0, 1).reshape(heads, steps * batch, width).transpose(1, 2),
+            ys[:-1].transpose(0, 1).reshape(heads, steps * batch, -1),
+        )
+        return grad_raw, grad_recurrent, None, None
+
+
+def slstm_native(wx: torch.Tensor, recurrent: torch.Tensor, state: torch.Tensor):
+    """y for every step [steps, heads, batch, head_dim] and the last y, c, n, m."""
+    fresh = not bool(state[2].any())  # the package's first-step branch (see `slstm_scan`)
+    if torch.is_grad_enabled() and (wx.requires_grad or recurrent.requires_grad):
+        return SLSTMScan.apply(wx, recurrent, state, fresh)
+    _, _, ys, cs, ns, m = slstm_scan(wx, recurrent, state, fresh)
+    return ys[1:], torch.stack((ys[-1], cs[-1], ns[-1], m))
+
+
+def slstm_flashrnn(wx: torch.Tensor, recurrent: torch.Tensor, state: torch.Tensor):
+    """`slstm_native` on flashrnn's fused Triton kernel, the weights permuted to its layout.
+
+    flashrnn takes inputs [batch, steps, 4, heads, head_dim], the recurrent weights as
+    [4, heads, out, in] and states [4, batch, 1, heads, head_dim]; it finds a fresh state itself.
+    """
+    if flashrnn is None:
+        raise ImportError(
+            "slstm_backend 'flashrnn' needs the flashrnn package: pip install -e '.[cuda]', or use 'native'"
+        )
+    steps, heads, batch, width = wx.shape
+    head_dim = width // 4
+    h, last = flashrnn(
+        wx.view(steps, heads, batch, 4, head_dim).permute(2, 0, 3, 1, 4).contiguous(),
+        recurrent.view(heads, 4, head_dim, head_dim).transpose(0, 1).contiguous(),
+        wx.new_zeros(4, heads, head_dim, dtype=torch.float32),  # the bias is in wx
+        states=state.transpose(1, 2).unsqueeze(2).contiguous(),
+        function="slstm",
+        backend="triton_fused",
+        dtype=str(wx.dtype).removeprefix("torch."),
+    )
+    return h[0].permute(1, 2, 0, 3), last[:, :, 0].transpose(1, 2)
+
+
+SLSTM_RUNNERS = {"native": slstm_native, "flashrnn": slstm_flashrnn}
+
+
+def slstm_backend(choice: str, device_type: str, head_dim: int) -> str:
+    """The backend that `choice` (a `config.slstm_backend`) names for tensors on `device_type`.
+
+    "auto" takes flashrnn's kernel on CUDA where it is installed and the head width suits it
+    (a power of two, at least 16: the `small` preset's 64 does, `base`'s 192 does not).
+    """
+    if choice != "auto":
+        return choice
+    fused = device_type == "cuda" and head_dim >= 16 and head_dim & (head_dim - 1) == 0
+    return "flashrnn" if fused and flashrnn is not None else "native"
 
 
 class MusicXLSTMCache:
@@ -111,12 +286,14 @@ class MusicXLSTMMLSTMBlock(nn.Module):
 class MusicXLSTMSLSTMBlock(nn.Module):
     """The package's sLSTM block (norm, sLSTM layer, norm, gated GELU), returning its final state.
 
-    Its own `forward` cannot return the state and its `step` returns the old one, so the
-    layer is called directly with `return_last_state=True`, also for single tokens.
+    The package's modules hold the parameters; its layer's `forward` runs only on the vanilla
+    backend. The others take the layer's conv and its four head-wise gate projections (one
+    matmul for all gates and steps) and run the recurrence themselves.
     """
 
     def __init__(self, config: MusicXLSTMConfig, block_idx: int) -> None:
         super().__init__()
+        self.config = config
         self.conv_width = config.conv1d_kernel_size
         self.block = sLSTMBlock(
             sLSTMBlockConfig(
@@ -138,13 +315,47 @@ class MusicXLSTMSLSTMBlock(nn.Module):
         if state is None:  # an explicit zero conv window: with None a short prompt returns a short one
             batch, width = x.shape[0], x.shape[-1]
             state = (x.new_zeros(batch, max(self.conv_width - 1, 0), width), x.new_zeros(4, batch, width))
-        conv_state, slstm_state = state
-        y, last = self.block.xlstm(
-            self.block.xlstm_norm(x), conv_state=conv_state, slstm_state=slstm_state, return_last_state=True
-        )
+        backend = slstm_backend(self.config.slstm_backend, x.device.type, x.shape[-1] // self.config.num_heads)
+        if backend == "vanilla":
+            y, last = self.block.xlstm(self.block.xlstm_norm(x), *state, return_last_state=True)
+            state = (last["conv_state"], last["slstm_state"])
+        else:
+            y, state = self.slstm_layer(self.block.xlstm_norm(x), *state, backend)
         x = x + y
         x = x + self.block.ffn(self.block.ffn_norm(x))
-        return x, (last["conv_state"], last["slstm_state"])
+        return x, state
+
+    def slstm_layer(
+        self, x: torch.Tensor, conv_state: torch.Tensor, slstm_state: torch.Tensor, backend: str
+    ) -> tuple[torch.Tensor, State]:
+        """The package's `sLSTMLayer.forward` with the recurrence on `backend`."""
+        layer = self.block.xlstm
+        batch, steps, width = x.shape
+        heads = layer.config.num_heads
+        head_dim = width // heads
+        if self.conv_width > 0:
+            x_conv, conv_state = layer.conv1d(x, conv_state, return_last_state=True)
+            x_conv = layer.conv_act_fn(x_conv)
+        else:
+            x_conv = x
+        # the layer feeds its gates (fgate, igate, zgate, ogate) into the cell's slots i, f, z, o
+        weights = torch.stack([layer.fgate.weight, layer.igate.weight, layer.zgate.weight, layer.ogate.weight])
+        inputs = torch.stack([x_conv, x]).view(2, batch, steps, heads, head_dim)
+        wx = torch.einsum("kbsni,kgnoi->snbkgo", inputs, weights.view(2, 2, heads, head_dim, head_dim))
+        bias = layer.slstm_cell._bias_.view(4, heads, head_dim).transpose(0, 1).unsqueeze(1)  # gate-major on disk
+        wx = (wx.reshape(steps, heads, batch, 4, head_dim) + bias).reshape(steps, heads, batch, 4 * head_dim)
+        state = slstm_state.view(4, batch, heads, head_dim).transpose(1, 2)
+        recurrent = layer.slstm_cell._recurrent_kernel_
+        dtype = torch.promote_types(x.dtype, torch.float32)  # the recurrence runs in float32 at least ...
+        if backend == "flashrnn" and torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)  # ... but the fused kernel follows autocast
+        with torch.autocast(x.device.type, enabled=False):
+            ys, last = SLSTM_RUNNERS[backend](
+                wx.to(dtype).contiguous(), recurrent.to(dtype), state.to(dtype).contiguous()
+            )
+        y = layer.dropout(ys.to(x.dtype).permute(2, 1, 0, 3))  # [batch, heads, steps, head_dim]
+        y = layer.group_norm(y).transpose(1, 2).reshape(batch, steps, width)
+        return y, (conv_state, last.transpose(1, 2).reshape(4, batch, width).to(slstm_state.dtype))
 
 
 class MusicXLSTMPreTrainedModel(PreTrainedModel):

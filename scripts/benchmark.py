@@ -12,13 +12,15 @@
 tokenized on the fly, beside miditok's own `DatasetMIDI` read in one process, with the same
 tokenizer; and the time to build (or open) the token cache and its size on disk.
 
-`models`: per family at one preset, training tokens/s (forward + backward, batch 1) at
+`models`: per family at one preset, training tokens/s (forward + backward, batch 1 unless told) at
 several lengths, and generation ms/token and memory after a prefill of several context
 lengths, beside transformers' own `Mamba2ForCausalLM` and `xLSTMForCausalLM` at matched
-sizes; JSON plus a PNG plot. GPT-2 gets `n_positions` large enough for the longest
-context. Memory is the size of the cache and, on CUDA, the allocator's peak above its
-level before the prefill (on CPU the resident size says nothing once training has grown
-the allocator's pool, so none is reported).
+sizes; JSON plus a PNG plot. MusicXLSTM is timed once per sLSTM backend that runs on the
+device (`--slstm_backends`), and one sLSTM block per backend against one mLSTM block.
+GPT-2 gets `n_positions` large enough for the longest context. Memory is the size of the
+cache and, on CUDA, the allocator's peak above its level before the prefill (on CPU the
+resident size says nothing once training has grown the allocator's pool, so none is
+reported).
 
 `pipeline`: end-to-end sampling through `pipeline("midi-generation")` (untrained models at
 one preset, several samples in one batch, grammar on), ms per step (one new token for each
@@ -40,7 +42,7 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
@@ -191,8 +193,16 @@ class ModelArguments:
     threads: int = field(default=2, metadata={"help": "torch threads (CPU)."})
     vocab_size: int = 1024
     train_lengths: list[int] = field(default_factory=lambda: [1024, 4096])
+    train_batch: int = field(default=1, metadata={"help": "Sequences per training step (e.g. 32 on a GPU)."})
     contexts: list[int] = field(default_factory=lambda: [256, 1024, 4096, 16384])
     new_tokens: int = field(default=32, metadata={"help": "Tokens generated after each prefill."})
+    slstm_backends: list[str] = field(
+        default_factory=lambda: ["vanilla", "native", "flashrnn"],
+        metadata={"help": "MusicXLSTM's sLSTM backends to time (flashrnn: CUDA with the [cuda] extra only)."},
+    )
+    block_lengths: list[int] = field(
+        default_factory=lambda: [1024, 4096], metadata={"help": "Lengths of the per-block (sLSTM vs mLSTM) timing."}
+    )
 
 
 class Vocabulary:
@@ -227,14 +237,58 @@ def reference_models(preset: str, vocab_size: int) -> dict:
     return {"transformers_mamba2": (Mamba2ForCausalLM, mamba), "transformers_xlstm": (xLSTMForCausalLM, xlstm)}
 
 
+def installed(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def time_training(model, length: int, vocab_size: int, device: torch.device, reps: int = 2) -> float:
-    """Tokens per second of forward + backward on one sequence of `length` tokens."""
-    ids = torch.randint(3, vocab_size, (1, length), device=device)
+def usable_backends(backends: list[str], device: torch.device) -> list[str]:
+    """The sLSTM backends that run here: flashrnn's kernel needs CUDA and the package."""
+    from modeling import modeling_music_xlstm
+
+    fused = device.type == "cuda" and modeling_music_xlstm.flashrnn is not None
+    return [backend for backend in backends if backend != "flashrnn" or fused]
+
+
+def time_blocks(config, lengths: list[int], backends: list[str], device: torch.device, reps: int = 3) -> list[dict]:
+    """Forward + backward of one mLSTM block and one sLSTM block per backend (batch 1): the
+    fastest of `reps` runs in ms (single runs drift with the garbage collector and the machine)."""
+    from modeling.modeling_music_xlstm import MusicXLSTMMLSTMBlock, MusicXLSTMSLSTMBlock
+
+    torch.manual_seed(0)
+    blocks = {"mLSTM": MusicXLSTMMLSTMBlock(config)}
+    slstm = MusicXLSTMSLSTMBlock(config, config.slstm_at[0])
+    blocks |= {f"sLSTM {backend}": slstm for backend in backends}
+    rows = []
+    for length in lengths:
+        x = torch.randn(1, length, config.n_embd, device=device, requires_grad=True)
+        for name, block in blocks.items():
+            config.slstm_backend = name.removeprefix("sLSTM ")
+            block.to(device)
+            block(x, None)[0].sum().backward()  # warm-up
+            times = []
+            for _ in range(reps):
+                synchronize(device)
+                start = time.perf_counter()
+                block(x, None)[0].sum().backward()
+                synchronize(device)
+                times.append(time.perf_counter() - start)
+            ms = 1000 * min(times)
+            rows.append({"block": name, "length": length, "ms": ms})
+            print(f"{name} block: {length} tokens: {ms:.0f} ms forward + backward", flush=True)
+    return rows
+
+
+def time_training(model, length: int, batch: int, vocab_size: int, device: torch.device, reps: int = 2) -> float:
+    """Tokens per second of forward + backward on `batch` sequences of `length` tokens."""
+    ids = torch.randint(3, vocab_size, (batch, length), device=device)
     model.train()
     model(ids, labels=ids, use_cache=False).loss.backward()  # warm-up (kernel compilation, allocator)
     synchronize(device)
@@ -244,7 +298,7 @@ def time_training(model, length: int, vocab_size: int, device: torch.device, rep
         model(ids, labels=ids, use_cache=False).loss.backward()
     synchronize(device)
     model.zero_grad(set_to_none=True)
-    return length * reps / (time.perf_counter() - start)
+    return ids.numel() * reps / (time.perf_counter() - start)
 
 
 def cache_bytes(cache) -> int:
@@ -305,8 +359,8 @@ def measure(name: str, model, args: ModelArguments, device: torch.device) -> dic
     }
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
         for length in args.train_lengths:
-            tokens_per_s = time_training(model, length, args.vocab_size, device)
-            result["training"].append({"length": length, "tokens_per_s": tokens_per_s})
+            tokens_per_s = time_training(model, length, args.train_batch, args.vocab_size, device)
+            result["training"].append({"length": length, "batch": args.train_batch, "tokens_per_s": tokens_per_s})
             print(f"{name}: train {length} tokens: {tokens_per_s:.0f} tokens/s", flush=True)
         for context in args.contexts:
             row = time_generation(model, context, args.new_tokens, args.vocab_size, device)
@@ -351,10 +405,13 @@ def benchmark_models(args: ModelArguments) -> dict:
     torch.set_num_threads(args.threads)
     candidates = {}
     longest = max(*args.train_lengths, max(args.contexts) + args.new_tokens)
+    backends = usable_backends(args.slstm_backends, device)
     for family in args.families:
         extra = {"n_positions": longest} if family == "transformer" else {}
-        config = build_config(family, args.preset, Vocabulary(args.vocab_size), **extra)
-        candidates[f"{family}_{args.preset}"] = (AutoModelForCausalLM.from_config, config)
+        variants = {f" sLSTM {b}": {"slstm_backend": b} for b in backends} if family == "xlstm" else {"": {}}
+        for suffix, overrides in variants.items():
+            config = build_config(family, args.preset, Vocabulary(args.vocab_size), **extra, **overrides)
+            candidates[f"{family}_{args.preset}{suffix}"] = (AutoModelForCausalLM.from_config, config)
     if args.references:
         candidates |= reference_models(args.preset, args.vocab_size)
     results = []
@@ -367,6 +424,11 @@ def benchmark_models(args: ModelArguments) -> dict:
             results.append(
                 {"model": name, "error": f"{type(error).__name__}: {error}", "training": [], "generation": []}
             )
+    blocks = []
+    if "xlstm" in args.families:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            xlstm_config = build_config("xlstm", args.preset, Vocabulary(args.vocab_size))
+            blocks = time_blocks(xlstm_config, args.block_lengths, backends, device)
     output = {
         "benchmark": "models",
         "arguments": asdict(args),
@@ -375,8 +437,11 @@ def benchmark_models(args: ModelArguments) -> dict:
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
         },
-        "versions": {name: version(name) for name in ("torch", "transformers", "xlstm", "mlstm_kernels")},
+        "versions": {
+            name: installed(name) for name in ("torch", "transformers", "xlstm", "mlstm_kernels", "flashrnn")
+        },
         "results": results,
+        "blocks": blocks,
     }
     plot_models(results, Path(args.json).with_suffix(".png"))
     return output

@@ -31,9 +31,12 @@ def run(code: str, **env) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
 
 
-@pytest.mark.parametrize("family", CUSTOM)
-def test_stepping_matches_the_full_forward(family):
-    model = tiny(family)
+@pytest.mark.parametrize(
+    "family, overrides",
+    [("mamba", {}), ("xlstm", {"slstm_backend": "native"}), ("xlstm", {"slstm_backend": "vanilla"})],
+)
+def test_stepping_matches_the_full_forward(family, overrides):
+    model = tiny(family, **overrides)
     ids = torch.randint(0, 96, (3, 37))  # not a multiple of the chunk size
     with torch.no_grad():
         full = model(ids, use_cache=False).logits

@@ -41,11 +41,19 @@ def test_benchmarks_write_their_json(tmp_path):
     models = tmp_path / "models.json"
     result = run_script(
         "scripts/benchmark.py", "models", "--preset", "tiny", "--references", "false", "--train_lengths", "32",
-        "--contexts", "16", "64", "--new_tokens", "2", "--json", str(models),
+        "--contexts", "16", "64", "--new_tokens", "2", "--block_lengths", "24", "--train_batch", "2",
+        "--json", str(models),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    results = json.loads(models.read_text())["results"]
-    assert [r["model"] for r in results] == ["transformer_tiny", "mamba_tiny", "xlstm_tiny"]
+    output = json.loads(models.read_text())
+    results = output["results"]
+    names = ["transformer_tiny", "mamba_tiny", "xlstm_tiny sLSTM vanilla", "xlstm_tiny sLSTM native"]
+    assert [r["model"] for r in results] == names  # flashrnn: CUDA only
+    assert all(r["training"][0]["batch"] == 2 for r in results)
+    assert [(b["block"], b["length"]) for b in output["blocks"]] == [
+        ("mLSTM", 24), ("sLSTM vanilla", 24), ("sLSTM native", 24)
+    ]  # fmt: skip
+    assert all(b["ms"] > 0 for b in output["blocks"])
     recurrent = [r for r in results if r["model"] != "transformer_tiny"]
     assert all(r["generation"][0]["cache_bytes"] == r["generation"][1]["cache_bytes"] > 0 for r in recurrent)
     assert results[0]["generation"][1]["cache_bytes"] > results[0]["generation"][0]["cache_bytes"]
