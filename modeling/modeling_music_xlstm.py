@@ -107,7 +107,7 @@ def slstm_scan(
             c_next.copy_(z_act)
             n_next.fill_(1.0)
         else:
-            torch.sub(m, nn.functional.softplus(-f), out=log_f)  # log sigmoid(f) + m
+            torch.add(nn.functional.logsigmoid(f), m, out=log_f)
             m = torch.maximum(i, log_f)
             torch.sub(i, m, out=i_act).exp_()
             torch.sub(log_f, m, out=f_act).exp_()
@@ -121,17 +121,16 @@ class SLSTMScan(torch.autograd.Function):
     """`slstm_scan` with its backward written out: autograd would record every step's ops.
 
     The stabiliser m is a constant in the backward: y does not depend on it (c and n both
-    carry its factor), so this is the gradient the vanilla backend computes through it.
-    No gradient reaches the initial state (training starts every block from zeros).
+    carry its factor), so this is the gradient the vanilla backend computes through it. For
+    the same reason the last m's gradient is implied by c's and n's and the given state's m
+    gets dc * c + dn * n: gradients pass through a carried state as they do in vanilla.
     """
 
     @staticmethod
     def forward(ctx, wx: torch.Tensor, recurrent: torch.Tensor, state: torch.Tensor, fresh: bool):
         raw, gates, ys, cs, ns, m = slstm_scan(wx, recurrent, state, fresh)
         ctx.save_for_backward(recurrent, raw, gates, ys, cs, ns)
-        last = torch.stack((ys[-1], cs[-1], ns[-1], m))
-        ctx.mark_non_differentiable(last)
-        return ys[1:], last
+        return ys[1:], torch.stack((ys[-1], cs[-1], ns[-1], m))
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor, grad_last: torch.Tensor):
@@ -158,8 +157,8 @@ class SLSTMScan(torch.autograd.Function):
         )
         grad_raw = torch.empty_like(raw)
         grad_gates = grad_raw.view(steps, heads, batch, 4, -1)
-        dc, dn, dh = (raw.new_zeros(heads, batch, width // 4) for _ in range(3))
-        dy = grad_y[-1].clone()
+        dy, dc, dn = grad_y[-1] + grad_last[0], grad_last[1].clone(), grad_last[2].clone()
+        dh = torch.empty_like(dc)
         for t in range(steps - 1, -1, -1):
             if t < steps - 1:
                 torch.baddbmm(grad_y[t], grad_raw[t + 1], recurrent, out=dy)
@@ -178,13 +177,14 @@ class SLSTMScan(torch.autograd.Function):
             grad_raw.transpose(0, 1).reshape(heads, steps * batch, width).transpose(1, 2),
             ys[:-1].transpose(0, 1).reshape(heads, steps * batch, -1),
         )
-        return grad_raw, grad_recurrent, None, None
+        grad_state = torch.stack((torch.bmm(grad_raw[0], recurrent), dc, dn, dc * cs[0] + dn * ns[0]))
+        return grad_raw, grad_recurrent, grad_state, None
 
 
 def slstm_native(wx: torch.Tensor, recurrent: torch.Tensor, state: torch.Tensor):
     """y for every step [steps, heads, batch, head_dim] and the last y, c, n, m."""
     fresh = not bool(state[2].any())  # the package's first-step branch (see `slstm_scan`)
-    if torch.is_grad_enabled() and (wx.requires_grad or recurrent.requires_grad):
+    if torch.is_grad_enabled() and (wx.requires_grad or recurrent.requires_grad or state.requires_grad):
         return SLSTMScan.apply(wx, recurrent, state, fresh)
     _, _, ys, cs, ns, m = slstm_scan(wx, recurrent, state, fresh)
     return ys[1:], torch.stack((ys[-1], cs[-1], ns[-1], m))
@@ -194,12 +194,16 @@ def slstm_flashrnn(wx: torch.Tensor, recurrent: torch.Tensor, state: torch.Tenso
     """`slstm_native` on flashrnn's fused Triton kernel, the weights permuted to its layout.
 
     flashrnn takes inputs [batch, steps, 4, heads, head_dim], the recurrent weights as
-    [4, heads, out, in] and states [4, batch, 1, heads, head_dim]; it finds a fresh state itself.
+    [4, heads, out, in] and states [4, batch, 1, heads, head_dim]; it finds a fresh state itself
+    (per element, not per batch as the package: the same for our states, n = 0 only at the start).
+    In float32 its matmuls use TF32 unless TRITON_F32_DEFAULT=ieee.
     """
     if flashrnn is None:
         raise ImportError(
             "slstm_backend 'flashrnn' needs the flashrnn package: pip install -e '.[cuda]', or use 'native'"
         )
+    if wx.dtype == torch.float64:
+        raise ValueError("flashrnn's sLSTM kernel runs in float32, float16 or bfloat16: use slstm_backend 'native'")
     steps, heads, batch, width = wx.shape
     head_dim = width // 4
     h, last = flashrnn(
@@ -217,15 +221,16 @@ def slstm_flashrnn(wx: torch.Tensor, recurrent: torch.Tensor, state: torch.Tenso
 SLSTM_RUNNERS = {"native": slstm_native, "flashrnn": slstm_flashrnn}
 
 
-def slstm_backend(choice: str, device_type: str, head_dim: int) -> str:
-    """The backend that `choice` (a `config.slstm_backend`) names for tensors on `device_type`.
+def slstm_backend(choice: str, device_type: str, dtype: torch.dtype, head_dim: int) -> str:
+    """The backend that `choice` (a `config.slstm_backend`) names for inputs on `device_type`.
 
-    "auto" takes flashrnn's kernel on CUDA where it is installed and the head width suits it
-    (a power of two, at least 16: the `small` preset's 64 does, `base`'s 192 does not).
+    "auto" takes flashrnn's kernel on CUDA where it is installed and suits the head width (a
+    power of two, at least 16: the `small` preset's 64 does, `base`'s 192 does not) and the
+    dtype (not float64).
     """
     if choice != "auto":
         return choice
-    fused = device_type == "cuda" and head_dim >= 16 and head_dim & (head_dim - 1) == 0
+    fused = device_type == "cuda" and dtype != torch.float64 and head_dim >= 16 and head_dim & (head_dim - 1) == 0
     return "flashrnn" if fused and flashrnn is not None else "native"
 
 
@@ -315,7 +320,8 @@ class MusicXLSTMSLSTMBlock(nn.Module):
         if state is None:  # an explicit zero conv window: with None a short prompt returns a short one
             batch, width = x.shape[0], x.shape[-1]
             state = (x.new_zeros(batch, max(self.conv_width - 1, 0), width), x.new_zeros(4, batch, width))
-        backend = slstm_backend(self.config.slstm_backend, x.device.type, x.shape[-1] // self.config.num_heads)
+        head_dim = x.shape[-1] // self.config.num_heads
+        backend = slstm_backend(self.config.slstm_backend, x.device.type, x.dtype, head_dim)
         if backend == "vanilla":
             y, last = self.block.xlstm(self.block.xlstm_norm(x), *state, return_last_state=True)
             state = (last["conv_state"], last["slstm_state"])

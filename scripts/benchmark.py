@@ -270,7 +270,8 @@ def time_blocks(config, lengths: list[int], backends: list[str], device: torch.d
     for length in lengths:
         x = torch.randn(1, length, config.n_embd, device=device, requires_grad=True)
         for name, block in blocks.items():
-            config.slstm_backend = name.removeprefix("sLSTM ")
+            if name.startswith("sLSTM "):
+                config.slstm_backend = name.removeprefix("sLSTM ")
             block.to(device)
             block(x, None)[0].sum().backward()  # warm-up
             times = []
