@@ -128,6 +128,7 @@ class SLSTMScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, wx: torch.Tensor, recurrent: torch.Tensor, state: torch.Tensor, fresh: bool):
+        """Also without gradients: the saved tensors are only referenced, and dropped with `ctx`."""
         raw, gates, ys, cs, ns, m = slstm_scan(wx, recurrent, state, fresh)
         ctx.save_for_backward(recurrent, raw, gates, ys, cs, ns)
         return ys[1:], torch.stack((ys[-1], cs[-1], ns[-1], m))
@@ -181,17 +182,8 @@ class SLSTMScan(torch.autograd.Function):
         return grad_raw, grad_recurrent, grad_state, None
 
 
-def slstm_native(wx: torch.Tensor, recurrent: torch.Tensor, state: torch.Tensor):
-    """y for every step [steps, heads, batch, head_dim] and the last y, c, n, m."""
-    fresh = not bool(state[2].any())  # the package's first-step branch (see `slstm_scan`)
-    if torch.is_grad_enabled() and (wx.requires_grad or recurrent.requires_grad or state.requires_grad):
-        return SLSTMScan.apply(wx, recurrent, state, fresh)
-    _, _, ys, cs, ns, m = slstm_scan(wx, recurrent, state, fresh)
-    return ys[1:], torch.stack((ys[-1], cs[-1], ns[-1], m))
-
-
-def slstm_flashrnn(wx: torch.Tensor, recurrent: torch.Tensor, state: torch.Tensor):
-    """`slstm_native` on flashrnn's fused Triton kernel, the weights permuted to its layout.
+def slstm_flashrnn(wx: torch.Tensor, recurrent: torch.Tensor, state: torch.Tensor, fresh: bool):
+    """`SLSTMScan` on flashrnn's fused Triton kernel, the weights permuted to its layout.
 
     flashrnn takes inputs [batch, steps, 4, heads, head_dim], the recurrent weights as
     [4, heads, out, in] and states [4, batch, 1, heads, head_dim]; it finds a fresh state itself
@@ -218,7 +210,8 @@ def slstm_flashrnn(wx: torch.Tensor, recurrent: torch.Tensor, state: torch.Tenso
     return h[0].permute(1, 2, 0, 3), last[:, :, 0].transpose(1, 2)
 
 
-SLSTM_RUNNERS = {"native": slstm_native, "flashrnn": slstm_flashrnn}
+# each returns y for every step [steps, heads, batch, head_dim] and the last y, c, n, m
+SLSTM_RUNNERS = {"native": SLSTMScan.apply, "flashrnn": slstm_flashrnn}
 
 
 def slstm_backend(choice: str, device_type: str, dtype: torch.dtype, head_dim: int) -> str:
@@ -299,14 +292,13 @@ class MusicXLSTMSLSTMBlock(nn.Module):
     def __init__(self, config: MusicXLSTMConfig, block_idx: int) -> None:
         super().__init__()
         self.config = config
-        self.conv_width = config.conv1d_kernel_size
         self.block = sLSTMBlock(
             sLSTMBlockConfig(
                 slstm=sLSTMLayerConfig(
                     embedding_dim=config.n_embd,
                     num_heads=config.num_heads,
                     backend="vanilla",
-                    conv1d_kernel_size=self.conv_width,
+                    conv1d_kernel_size=config.conv1d_kernel_size,
                     bias_init="powerlaw_blockdependent",
                     dtype="float32",
                 ),
@@ -317,29 +309,31 @@ class MusicXLSTMSLSTMBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
-        if state is None:  # an explicit zero conv window: with None a short prompt returns a short one
+        fresh = state is None  # the package's first-step branch (see `slstm_scan`); a cache's n is >= 1
+        if fresh:  # an explicit zero conv window: with None a short prompt returns a short one
             batch, width = x.shape[0], x.shape[-1]
-            state = (x.new_zeros(batch, max(self.conv_width - 1, 0), width), x.new_zeros(4, batch, width))
+            conv_window = max(self.config.conv1d_kernel_size - 1, 0)
+            state = (x.new_zeros(batch, conv_window, width), x.new_zeros(4, batch, width))
         head_dim = x.shape[-1] // self.config.num_heads
         backend = slstm_backend(self.config.slstm_backend, x.device.type, x.dtype, head_dim)
         if backend == "vanilla":
             y, last = self.block.xlstm(self.block.xlstm_norm(x), *state, return_last_state=True)
             state = (last["conv_state"], last["slstm_state"])
         else:
-            y, state = self.slstm_layer(self.block.xlstm_norm(x), *state, backend)
+            y, state = self.slstm_layer(self.block.xlstm_norm(x), *state, backend, fresh)
         x = x + y
         x = x + self.block.ffn(self.block.ffn_norm(x))
         return x, state
 
     def slstm_layer(
-        self, x: torch.Tensor, conv_state: torch.Tensor, slstm_state: torch.Tensor, backend: str
+        self, x: torch.Tensor, conv_state: torch.Tensor, slstm_state: torch.Tensor, backend: str, fresh: bool
     ) -> tuple[torch.Tensor, State]:
         """The package's `sLSTMLayer.forward` with the recurrence on `backend`."""
         layer = self.block.xlstm
         batch, steps, width = x.shape
         heads = layer.config.num_heads
         head_dim = width // heads
-        if self.conv_width > 0:
+        if self.config.conv1d_kernel_size > 0:
             x_conv, conv_state = layer.conv1d(x, conv_state, return_last_state=True)
             x_conv = layer.conv_act_fn(x_conv)
         else:
@@ -357,7 +351,7 @@ class MusicXLSTMSLSTMBlock(nn.Module):
             dtype = torch.get_autocast_dtype(x.device.type)  # ... but the fused kernel follows autocast
         with torch.autocast(x.device.type, enabled=False):
             ys, last = SLSTM_RUNNERS[backend](
-                wx.to(dtype).contiguous(), recurrent.to(dtype), state.to(dtype).contiguous()
+                wx.to(dtype).contiguous(), recurrent.to(dtype), state.to(dtype).contiguous(), fresh
             )
         y = layer.dropout(ys.to(x.dtype).permute(2, 1, 0, 3))  # [batch, heads, steps, head_dim]
         y = layer.group_norm(y).transpose(1, 2).reshape(batch, steps, width)

@@ -55,7 +55,7 @@ from transformers import (
     xLSTMForCausalLM,
 )
 
-from modeling import FAMILIES, build_config
+from modeling import FAMILIES, build_config, modeling_music_xlstm
 
 
 @dataclass
@@ -251,8 +251,6 @@ def synchronize(device: torch.device) -> None:
 
 def usable_backends(backends: list[str], device: torch.device) -> list[str]:
     """The sLSTM backends that run here: flashrnn's kernel needs CUDA and the package."""
-    from modeling import modeling_music_xlstm
-
     fused = device.type == "cuda" and modeling_music_xlstm.flashrnn is not None
     return [backend for backend in backends if backend != "flashrnn" or fused]
 
@@ -260,11 +258,9 @@ def usable_backends(backends: list[str], device: torch.device) -> list[str]:
 def time_blocks(config, lengths: list[int], backends: list[str], device: torch.device, reps: int = 3) -> list[dict]:
     """Forward + backward of one mLSTM block and one sLSTM block per backend (batch 1): the
     fastest of `reps` runs in ms (single runs drift with the garbage collector and the machine)."""
-    from modeling.modeling_music_xlstm import MusicXLSTMMLSTMBlock, MusicXLSTMSLSTMBlock
-
     torch.manual_seed(0)
-    blocks = {"mLSTM": MusicXLSTMMLSTMBlock(config)}
-    slstm = MusicXLSTMSLSTMBlock(config, config.slstm_at[0])
+    blocks = {"mLSTM": modeling_music_xlstm.MusicXLSTMMLSTMBlock(config)}
+    slstm = modeling_music_xlstm.MusicXLSTMSLSTMBlock(config, config.slstm_at[0])
     blocks |= {f"sLSTM {backend}": slstm for backend in backends}
     rows = []
     for length in lengths:

@@ -14,6 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+class Ids:
+    """The tokenizer ids a config needs, without building a tokenizer."""
+
+    bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+    def __len__(self) -> int:
+        return 96
+
+
 @functools.cache
 def load_script(name: str):
     """`scripts/<name>.py` as a module, loaded once (scripts are not a package)."""

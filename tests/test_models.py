@@ -7,19 +7,11 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2LMHeadModel
 
 import modeling
+from conftest import Ids
 from modeling import FAMILIES, build_config
 from modeling.modeling_music_xlstm import MusicXLSTMCache
 
 CUSTOM = ["mamba", "xlstm"]
-
-
-class Ids:
-    """The tokenizer ids a config needs, without building a tokenizer."""
-
-    bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
-
-    def __len__(self) -> int:
-        return 96
 
 
 def tiny(family: str, **overrides):

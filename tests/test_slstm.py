@@ -10,16 +10,10 @@ import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoModelForCausalLM
 
+from conftest import ROOT, Ids
 from modeling import build_config
 from modeling import modeling_music_xlstm as xlstm
-from modeling.modeling_music_xlstm import SLSTMScan, slstm_backend, slstm_native
-
-
-class Ids:
-    bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
-
-    def __len__(self) -> int:
-        return 96
+from modeling.modeling_music_xlstm import SLSTMScan, slstm_backend
 
 
 def tiny_xlstm(**overrides):
@@ -64,7 +58,7 @@ def test_native_backward_passes_gradcheck_from_zeros_and_from_a_state():
     recurrent = (0.5 * torch.randn(heads, 4 * head_dim, head_dim, dtype=torch.float64)).requires_grad_()
     zeros = torch.zeros(4, heads, batch, head_dim, dtype=torch.float64)
     with torch.no_grad():
-        _, state = slstm_native(torch.randn_like(wx), recurrent, zeros)
+        _, state = SLSTMScan.apply(torch.randn_like(wx), recurrent, zeros, True)
 
     def scan(wx, recurrent, state, fresh):
         ys, (y, c, n, m) = SLSTMScan.apply(wx, recurrent, state, fresh)
@@ -163,7 +157,7 @@ print(relative(fused_logits, logits), max(relative(fused_gradients[k], gradients
 print(relative(torch.cat([prefix.logits, rest], dim=1), logits))
 """
     env = {**os.environ, "TRITON_INTERPRET": "1", "TRITON_F32_DEFAULT": "ieee"}
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), os.getcwd(), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(ROOT), env.get("PYTHONPATH", "")])
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     logits_error, gradient_error, cache_error = map(float, result.stdout.split())
