@@ -1,6 +1,6 @@
 """What a training script needs beyond `Accelerator`: checkpoints that resume exactly and
-survive a kill while they are written, held-out likelihood summed across ranks, and the
-ranked predictions of a classifier.
+survive a kill while they are written, a clean stop on a signal or at a time limit,
+held-out likelihood summed across ranks, and the ranked predictions of a classifier.
 
 A checkpoint is `accelerator.save_state` (model, optimizer, registered objects such as the
 scheduler, every rank's random state) plus one data-position file per rank (each rank
@@ -18,6 +18,8 @@ import math
 import os
 import re
 import shutil
+import signal
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -112,6 +114,62 @@ def load_checkpoint(accelerator: Accelerator, path: str | Path) -> tuple[dict, d
     accelerator.load_state(str(path))
     rank_state = torch.load(path / f"rank_state_{accelerator.process_index}.pt", weights_only=True)
     return state, rank_state
+
+
+class StopRequest:
+    """Whether a run should end before its last step: on SIGTERM (how clusters pre-empt a job and
+    how `timeout` ends one), on SIGINT (Ctrl-C), or at a time limit.
+
+    A signal only sets a flag, so the step in flight finishes and the caller can checkpoint and
+    export. A second SIGTERM changes nothing (a launcher such as torchrun forwards the one its
+    process group received, so workers get it twice); a second Ctrl-C interrupts at once, as
+    without the handler. Every process must stop at the same step, since they meet in
+    collectives: with several processes `cause()` agrees through one all-reduce (the strongest
+    cause wins: a signal over the time limit). DataLoader workers must outlive the signal too:
+    start them with `ignore_stop_signals`.
+    """
+
+    TIME_LIMIT = 1  # below every signal number
+
+    def __init__(self, accelerator: Accelerator, seconds: float | None, started: float) -> None:
+        self.accelerator = accelerator
+        self.deadline = started + seconds if seconds else None
+        self.signal = 0
+        self.previous = {number: signal.signal(number, self._received) for number in (signal.SIGTERM, signal.SIGINT)}
+
+    def _received(self, number: int, frame) -> None:
+        self.signal = max(self.signal, number)
+        if number == signal.SIGINT:
+            signal.signal(number, signal.default_int_handler)
+
+    def cause(self) -> int:
+        """0 (go on), `TIME_LIMIT`, or the number of the signal received, agreed by all processes."""
+        cause = self.signal or (self.TIME_LIMIT if self.deadline and time.monotonic() >= self.deadline else 0)
+        if self.accelerator.num_processes > 1:
+            cause = int(self.accelerator.reduce(torch.tensor(cause, device=self.accelerator.device), "max").item())
+        return cause
+
+    def close(self) -> None:
+        """Give the signals back to the handlers they had before."""
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+    @classmethod
+    def describe(cls, cause: int) -> str:
+        return "the time limit" if cause == cls.TIME_LIMIT else signal.Signals(cause).name
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker's `worker_init_fn`: ignore SIGTERM and SIGINT.
+
+    torch's workers die on a SIGTERM that their parent did not send and on Ctrl-C, and both
+    reach every process of a job (a scheduler signals the process group; a terminal does the
+    same): the main process would then lose its worker in the middle of the step that
+    `StopRequest` lets finish. The main process ends its workers when it is done, and a worker
+    whose main process died exits by itself (torch watches the parent).
+    """
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, signal.SIG_IGN)
 
 
 def token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

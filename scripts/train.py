@@ -16,7 +16,10 @@ of held-out windows?) with the condition gain.
 Checkpoints (`checkpoint-N/` in `output_dir`) resume exactly: model, optimizer, scheduler,
 random states and every process's position in the data. At the end `output_dir` holds the
 model (safetensors and its code), the tokenizer and a model card, ready for
-`AutoModelForCausalLM.from_pretrained(output_dir)` and the Hub.
+`AutoModelForCausalLM.from_pretrained(output_dir)` and the Hub. A run cut short ends the same
+way after the step in flight: at `--time_limit` (evaluated, exit status 0) or on SIGTERM or
+SIGINT (a pre-emption: not evaluated again, exit status 128 + the signal's number); both
+leave a checkpoint to resume from and the export.
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ from evaluation import identification, identification_windows, window_tokens
 from evaluation.identification import summary_metrics
 from model_cards import model_card
 from modeling.training import (
+    StopRequest,
     evaluate,
+    ignore_stop_signals,
     list_checkpoints,
     load_checkpoint,
     parameter_digest,
@@ -157,6 +162,10 @@ class TrainArguments:
     warmup_steps: int = field(default=100)
     max_steps: int = field(default=1000, metadata={"help": "Optimizer steps, unless max_train_tokens is set."})
     max_train_tokens: int | None = field(default=None, metadata={"help": "Train on this many tokens (all ranks)."})
+    time_limit: float | None = field(
+        default=None,
+        metadata={"help": "Seconds after the start at which training stops early, checkpointed and exported."},
+    )
     logging_steps: int = field(default=10)
     eval_steps: int = field(default=200, metadata={"help": "Evaluate every N steps (0: only at the end)."})
     save_steps: int = field(default=200, metadata={"help": "Checkpoint every N steps (0: only at the end)."})
@@ -249,6 +258,8 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, train_
     for name, value in counts.items():
         if value < 1:
             raise ValueError(f"--{name} must be a positive number, got {value}")
+    if train_args.time_limit is not None and train_args.time_limit <= 0:
+        raise ValueError(f"--time_limit is a number of seconds above 0, got {train_args.time_limit}")
     if not 0.0 <= data_args.condition_dropout <= 1.0:
         raise ValueError(f"--condition_dropout is a probability, got {data_args.condition_dropout}")
     if train_args.push_to_hub and not train_args.hub_model_id:
@@ -315,6 +326,7 @@ def train_loader(tokenizer, data_args: DataArguments, train_args: TrainArguments
         num_workers=data_args.num_workers,
         prefetch_factor=8 if data_args.num_workers else None,
         persistent_workers=data_args.num_workers > 0,
+        worker_init_fn=ignore_stop_signals,
     )
 
 
@@ -446,6 +458,7 @@ def trim_metrics(output_dir: Path, step: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    launched = time.monotonic()
     model_args, data_args, train_args = parse_arguments(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     output_dir = Path(train_args.output_dir)
@@ -520,8 +533,10 @@ def main(argv: list[str] | None = None) -> None:
     if checkpoint is not None:
         state, rank_state = load_checkpoint(accelerator, checkpoint)
         loader.load_state_dict(rank_state["data"])
+        state.pop("stopped_by", None)  # this run goes on
         logger.info("resumed from %s at step %d (%d tokens)", checkpoint, state["step"], state["tokens"])
     start = state["step"]
+    state["max_steps"] = max_steps  # a checkpoint tells whether its run is complete
     if accelerator.is_main_process:
         trim_metrics(output_dir, start)
 
@@ -547,7 +562,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     uploads = []
 
-    def checkpoint_and_export(step: int, metrics: dict) -> None:
+    def checkpoint_and_export(step: int, metrics: dict, final: bool) -> None:
         save_checkpoint(
             accelerator,
             output_dir,
@@ -557,7 +572,7 @@ def main(argv: list[str] | None = None) -> None:
             train_args.save_total_limit,
             save_extra=tokenizer.save_pretrained,
         )
-        if train_args.export_at_checkpoints or step == max_steps:
+        if train_args.export_at_checkpoints or final:
             export(
                 accelerator,
                 model,
@@ -569,9 +584,11 @@ def main(argv: list[str] | None = None) -> None:
                 uploads.append(push(output_dir, train_args, f"step {step}"))
 
     data_digest = hashlib.sha1()
+    stop = StopRequest(accelerator, train_args.time_limit, launched)
     batches = iter(loader)
     progress = tqdm(total=max_steps, initial=start, desc="training", disable=not accelerator.is_local_main_process)
     metrics: dict = {}
+    cause = 0
     running_loss, running_steps, running_seconds = torch.zeros((), device=accelerator.device), 0, 0.0
     model.train()
     for step in range(start + 1, max_steps + 1):
@@ -593,8 +610,10 @@ def main(argv: list[str] | None = None) -> None:
         running_steps += 1
         running_seconds += time.perf_counter() - started
         progress.update(1)
+        cause = stop.cause()
+        final = step == max_steps or cause != 0
 
-        if step % train_args.logging_steps == 0 or step == max_steps:
+        if step % train_args.logging_steps == 0 or final:
             train_loss = accelerator.reduce(running_loss, reduction="mean").item() / running_steps
             values = {
                 "train/loss": train_loss,
@@ -606,7 +625,8 @@ def main(argv: list[str] | None = None) -> None:
             running_steps, running_seconds = 0, 0.0
             progress.set_postfix(loss=f"{train_loss:.3f}", lr=f"{values['train/learning_rate']:.2e}")
             log_metrics(accelerator, output_dir, step, values)
-        if (train_args.eval_steps and step % train_args.eval_steps == 0) or step == max_steps:
+        # After a signal the job has seconds left: checkpoint and export without evaluating.
+        if (train_args.eval_steps and step % train_args.eval_steps == 0) or (final and cause <= stop.TIME_LIMIT):
             metrics = evaluate(model, evaluation, accelerator, notes)
             if windows:
                 found = identification(
@@ -619,8 +639,23 @@ def main(argv: list[str] | None = None) -> None:
                 step,
                 ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "tokens"),
             )
-        if (train_args.save_steps and step % train_args.save_steps == 0) or step == max_steps:
-            checkpoint_and_export(step, {f"eval_{k}": v for k, v in metrics.items()} | {"step": step})
+        if (train_args.save_steps and step % train_args.save_steps == 0) or final:
+            if cause:
+                state["stopped_by"] = f"{stop.describe(cause)} at step {step} of {max_steps}"
+                card_fields["training"]["stopped_by"] = state["stopped_by"]
+            checkpoint_and_export(step, {f"eval_{k}": v for k, v in metrics.items()} | {"step": step}, final)
+        if cause:
+            logger.warning(
+                "stopped by %s after step %d of %d (%d tokens): checkpoint and export written to %s; continue "
+                "with --resume_from_checkpoint latest",
+                stop.describe(cause),
+                step,
+                max_steps,
+                state["tokens"],
+                output_dir,
+            )
+            break
+    stop.close()
     progress.close()
 
     sharded = accelerator.distributed_type == DistributedType.FSDP  # each rank holds a slice of the weights
@@ -637,6 +672,8 @@ def main(argv: list[str] | None = None) -> None:
         upload.result()
     if accelerator.is_main_process:
         logger.info("model, tokenizer and model card saved to %s", output_dir)
+    if cause > stop.TIME_LIMIT:
+        sys.exit(128 + cause)  # a pre-empted job did not finish: schedulers and shells expect this status
 
 
 if __name__ == "__main__":

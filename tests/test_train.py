@@ -186,6 +186,53 @@ def test_resume_after_sigkill_continues_exactly(family, tmp_path):
     assert (killed / f"modeling_music_{family}.py").is_file() and "auto_map" in (killed / "config.json").read_text()
 
 
+def test_sigterm_checkpoints_exports_and_resumes_to_the_same_losses(tmp_path):
+    """A pre-empted run (SIGTERM to its process group, DataLoader worker included, as a scheduler
+    sends it) finishes its step, writes a checkpoint and the export, and exits with 128 + 15;
+    resumed, it logs the losses of a run that was never stopped."""
+    args = ["scripts/configs/transformer-tiny.yaml", "--max_steps", "300", "--save_steps", "0", "--eval_steps", "0"]
+    args += ["--num_workers", "1", "--block_size", "128"]
+    train(*args, "--output_dir", str(tmp_path / "straight"))
+
+    stopped, log = tmp_path / "stopped", tmp_path / "stopped.log"
+    command = [sys.executable, "scripts/train.py", *args, *QUIET, "--output_dir", str(stopped)]
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=output, start_new_session=True)
+        deadline = time.monotonic() + 600
+        while not (stopped / "metrics.jsonl").is_file() or len(train_losses(stopped)) < 20:
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no 20 steps after 10 minutes"
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=300) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    step = int(resolve_checkpoint(stopped, "latest").name.removeprefix("checkpoint-"))
+    assert 20 <= step < 300 and f"stopped by SIGTERM after step {step} of 300" in log.read_text()
+    assert eval_metrics(stopped) == []  # a pre-empted job has seconds left: no evaluation
+    assert f"| stopped_by | `SIGTERM at step {step} of 300` |" in (stopped / "README.md").read_text()
+    assert AutoModelForCausalLM.from_pretrained(stopped).config.n_layer == 2
+
+    result = train(*args, "--output_dir", str(stopped), "--resume_from_checkpoint", "latest")
+    assert f"resumed from {stopped / f'checkpoint-{step}'}" in result.stderr
+    # Two runs of GPT-2 from the same start differ by about 1e-7 on a CPU (threaded reductions);
+    # another batch, optimizer state or random state would differ by far more.
+    assert train_losses(stopped) == pytest.approx(train_losses(tmp_path / "straight"), rel=1e-6, abs=0)
+    assert "stopped_by" not in (stopped / "README.md").read_text()
+
+
+def test_a_time_limit_ends_training_with_an_evaluated_export(tmp_path):
+    result = train(
+        *("scripts/configs/transformer-tiny.yaml", "--max_steps", "100000", "--time_limit", "4"),
+        *("--eval_steps", "0", "--save_steps", "0", "--output_dir", str(tmp_path)),
+    )
+    [checkpoint] = list_checkpoints(tmp_path)
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert 0 < state["step"] < state["max_steps"] == 100000
+    assert state["stopped_by"] == f"the time limit at step {state['step']} of 100000"
+    assert f"stopped by the time limit after step {state['step']} of 100000" in result.stderr
+    assert [row["step"] for row in eval_metrics(tmp_path)] == [state["step"]]  # evaluated, as at a normal end
+    assert AutoModelForCausalLM.from_pretrained(tmp_path).config.n_layer == 2
+
+
 def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
     accelerator = Accelerator(cpu=True)
     model = AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32))
@@ -232,6 +279,7 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkey
         (["--init_from", "modeling/pretrained/gpt2-small-classical", "--tokenizer", "x"], "brings its own tokenizer"),
         (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be a positive number, got 0"),
         (["--condition_dropout", "1.5"], "--condition_dropout is a probability, got 1.5"),
+        (["--time_limit", "0"], "--time_limit is a number of seconds above 0, got 0"),
     ],
 )
 def test_bad_arguments_fail_at_start_with_a_clear_message(argv, message, capsys, monkeypatch):
