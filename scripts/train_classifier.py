@@ -124,9 +124,16 @@ def load_backbone(args: Arguments, names: list[str], tokenizer: MusicTokenizer) 
                 f"{args.init_from} has no sequence-classification head in transformers "
                 f"({str(error).splitlines()[0]}): start from a GPT-2 (transformer) model"
             ) from None
-    else:
-        config = modeling.build_config("transformer", args.preset, tokenizer, **labels)
+    else:  # positions for what it reads: a window framed as BOS, Composer_Unknown, music
+        config = modeling.build_config(
+            "transformer", args.preset, tokenizer, n_positions=args.window_tokens + 2, **labels
+        )
         model = AutoModelForSequenceClassification.from_config(config)
+    if args.window_tokens + 2 > model.config.n_positions:
+        raise ValueError(
+            f"--window_tokens {args.window_tokens} and the 2 tokens framing a window exceed the model's "
+            f"{model.config.n_positions} positions: give --window_tokens {model.config.n_positions - 2} or less"
+        )
     missing = [n for n in names if n not in tokenizer.composers]
     if missing:
         logger.warning("the tokenizer has no condition token for %s (fine: windows carry none)", ", ".join(missing))

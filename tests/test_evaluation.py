@@ -79,6 +79,7 @@ def classifier(tmp_path_factory) -> Path:
 def test_classifier_is_saved_like_any_model_with_its_test_accuracy(classifier, tokenizer):
     model = AutoModelForSequenceClassification.from_pretrained(classifier)
     assert model.config.id2label == dict(enumerate(CLASSES)) and model.config.window_tokens == 48
+    assert model.config.n_positions == 48 + 2  # a fresh judge has the positions of a framed window
     saved = json.loads((classifier / "classifier_results.json").read_text())["test"]
     assert saved["windows"] == 4 * 3 and {row["count"] for row in saved["per_class"].values()} == {4}
     assert 0.0 <= saved["mean"]["top1"] <= saved["mean"]["top3"] <= 1.0
@@ -86,7 +87,7 @@ def test_classifier_is_saved_like_any_model_with_its_test_accuracy(classifier, t
 
 def test_rank_labels_ignores_padding(classifier):
     model = AutoModelForSequenceClassification.from_pretrained(classifier)
-    short, long = list(range(10, 30)), list(range(40, 100))
+    short, long = list(range(10, 30)), list(range(40, 90))  # at most its 50 positions
     alone = rank_labels(model, [short])
     assert rank_labels(model, [short, long]) == alone + rank_labels(model, [long])
     assert sorted(alone[0]) == sorted(CLASSES)
@@ -122,14 +123,21 @@ def test_classifier_bad_arguments_fail_with_one_line(argv, message, tmp_path, ca
     assert message in capsys.readouterr().err
 
 
-def test_classifier_head_needs_a_gpt2(tmp_path, tokenizer, capsys):
-    AutoModelForCausalLM.from_config(build_config("mamba", "tiny", tokenizer)).save_pretrained(tmp_path)
+@pytest.mark.parametrize(
+    ("family", "message"),
+    [
+        ("mamba", "start from a GPT-2 (transformer) model"),
+        ("transformer", "exceed the model's 256 positions: give --window_tokens 254 or less"),  # 256 + 2 framing
+    ],
+)
+def test_classifier_refuses_a_model_it_cannot_start_from(family, message, tmp_path, tokenizer, capsys):
+    AutoModelForCausalLM.from_config(build_config(family, "tiny", tokenizer)).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     with pytest.raises(SystemExit):
         load_script("train_classifier").main(
             ["--init_from", str(tmp_path), "--composers", "bach,chopin", "--output_dir", str(tmp_path / "out")]
         )
-    assert "start from a GPT-2 (transformer) model" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
