@@ -92,6 +92,10 @@ class Arguments:
     cache_dir: str | None = field(default=None, metadata={"help": "Where token caches live (train.py's)."})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default: cuda if available)."})
     table: list[str] | None = field(default=None, metadata={"help": "Print a comparison table of these JSONs."})
+    likelihood_only: bool = field(
+        default=False,
+        metadata={"help": "Only bits per token and per note (no classifier, no samples), e.g. for a compact copy."},
+    )
 
 
 def parse_arguments(argv: list[str]) -> tuple[HfArgumentParser, Arguments]:
@@ -102,7 +106,8 @@ def parse_arguments(argv: list[str]) -> tuple[HfArgumentParser, Arguments]:
     (args,) = parser.parse_args_into_dataclasses(args=argv)
     if args.table:
         return parser, args
-    missing = [name for name in ("model", "classifier", "source", "json") if getattr(args, name) is None]
+    needed = ("model", "source", "json") if args.likelihood_only else ("model", "classifier", "source", "json")
+    missing = [name for name in needed if getattr(args, name) is None]
     if missing:
         parser.error(
             f"missing {', '.join('--' + m for m in missing)}: "
@@ -330,15 +335,19 @@ def main(argv: list[str] | None = None) -> dict | None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         evaluated = Evaluated(args.model, device)
-        judge = Judge(args.classifier, device, evaluated.tokenizer)
-        composers = (
-            [canonical_composer(n) for n in args.composers.split(",") if n.strip()] if args.composers else judge.labels
-        )
-        unknown = [c for c in composers if c not in judge.labels or c not in evaluated.tokenizer.composers]
-        if unknown:
-            raise ValueError(
-                f"composer(s) {', '.join(unknown)} unknown to the model or the classifier ({', '.join(judge.labels)})"
+        if not args.likelihood_only:
+            judge = Judge(args.classifier, device, evaluated.tokenizer)
+            composers = (
+                [canonical_composer(n) for n in args.composers.split(",") if n.strip()]
+                if args.composers
+                else judge.labels
             )
+            unknown = [c for c in composers if c not in judge.labels or c not in evaluated.tokenizer.composers]
+            if unknown:
+                raise ValueError(
+                    f"composer(s) {', '.join(unknown)} unknown to the model or the classifier "
+                    f"({', '.join(judge.labels)})"
+                )
         source = open_pieces(
             [args.source], "test", evaluated.tokenizer, cached=args.token_cache, cache_dir=args.cache_dir
         )
@@ -349,6 +358,21 @@ def main(argv: list[str] | None = None) -> dict | None:
         scored = [row for row in rows if row["path"] in sample]
     except (ValueError, OSError) as error:
         parser.error(str(error).splitlines()[0])
+    output = Path(args.json)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    results = {
+        "model": args.model,
+        "family": evaluated.family,
+        "parameters": evaluated.parameters,
+        "source": args.source,
+        "arguments": asdict(args),
+        "likelihood": evaluated.likelihood(scored, args),
+    }
+    if args.likelihood_only:
+        output.write_text(json.dumps(results, indent=2))
+        nll = results["likelihood"]
+        print(f"{args.model}: {nll['bits_per_token']:.4f} bits/token, {nll['bits_per_note']:.3f} bits/note")
+        return results
     pieces = labelled_pieces(rows, evaluated.tokenizer, set(composers), Counter())
     missing = sorted(set(composers) - {piece.composer for piece in pieces})
     if missing:
@@ -356,15 +380,9 @@ def main(argv: list[str] | None = None) -> dict | None:
             f"the test split of {args.source} has no piece of {', '.join(missing)}: "
             "choose --composers among the others"
         )
-    results = {
-        "model": args.model,
-        "family": evaluated.family,
-        "parameters": evaluated.parameters,
+    results |= {
         "training_tokens_per_second": training_speed(args.model),
         "classifier": args.classifier,
-        "source": args.source,
-        "arguments": asdict(args),
-        "likelihood": evaluated.likelihood(scored, args),
         "identification": evaluated.identification(rows, composers, judge, args),
     }
     # Real excerpts as long as the samples: range and density grow with length.
@@ -382,8 +400,6 @@ def main(argv: list[str] | None = None) -> dict | None:
     }
     real_histograms = {c: set_histograms(excerpts[c]) for c in composers}
     results["runs"], plots = [], []
-    output = Path(args.json)
-    output.parent.mkdir(parents=True, exist_ok=True)
     for scale in args.guidance_scales:
         if evaluated.kind == "ngram" and scale != 1.0:
             continue  # an n-gram has no unconditional branch to guide with
