@@ -8,7 +8,7 @@ SOUNDFONT ?= /usr/share/sounds/sf2/FluidR3_GM.sf2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format clean cuda-check
+.PHONY: install demo test lint format clean cuda-install cuda-check bundle
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,13 +35,23 @@ lint: install
 test: lint
 	$(BIN)/pytest
 
-# On a CUDA machine (`make cuda-check TORCH=torch`): the GPU kernels' extra, the tests that
-# compare them with the PyTorch paths, and the GPU benchmark (batch 32 x 1024, bf16).
-cuda-check: install
+# The GPU kernels' extra (mamba-ssm's and flashrnn's Triton kernels: nothing is compiled).
+cuda-install: install
 	MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE $(BIN)/pip install --no-build-isolation -e ".[cuda]"
+
+# On a CUDA machine (`make cuda-check TORCH=torch`): the tests that compare the GPU kernels
+# with the PyTorch paths, and the GPU benchmark (batch 32 x 1024, bf16).
+cuda-check: cuda-install
 	$(BIN)/pytest tests/test_models.py tests/test_slstm.py -k "cuda or flashrnn"
 	$(BIN)/python scripts/benchmark.py models --device cuda --precision bf16 --train_batch 32 \
 		--train_lengths 1024 --contexts 256 4096 --json outputs/bench_models_gpu.json
+
+# On a GPU machine (`make bundle TORCH=torch`): the three families trained on the same tokens,
+# judged and tabled in outputs/compare-small/, and their compact copies in modeling/pretrained/.
+SOURCE ?= drengskapur/midi-classical-music
+TOKENIZER ?= modeling/pretrained/gpt2-small-classical
+bundle: cuda-install
+	$(BIN)/python scripts/compare.py --source $(SOURCE) --tokenizer $(TOKENIZER) --bundle_dir modeling/pretrained
 
 format: install
 	$(BIN)/ruff format .

@@ -267,8 +267,7 @@ def test_cli_family_names_find_a_trained_model_or_say_how_to_get_one(folders, tm
     (tmp_path / "outputs").mkdir()
     (tmp_path / "outputs" / "mamba-small").symlink_to(folders["mamba"])
     assert script.resolve_model("mamba") == ("outputs/mamba-small", "mamba")
-    family = script.family_of(script.bundled_model())
-    missing = next(f for f in FAMILIES if f not in ("mamba", family))
+    missing = next(f for f in FAMILIES if f not in ("mamba", *script.bundled_models()))
     with pytest.raises(ValueError, match=f"scripts/configs/{missing}-small.yaml"):
         script.resolve_model(missing)
     with pytest.raises(ValueError, match="not a family name or a Hub repo id"):
@@ -276,7 +275,7 @@ def test_cli_family_names_find_a_trained_model_or_say_how_to_get_one(folders, tm
 
 
 def test_the_bundled_model_is_small_and_generates_music():
-    folder = load_script("generate").bundled_model()
+    folder = load_script("generate").default_model()
     assert (folder / "model.safetensors").stat().st_size <= 25 * 2**20
     assert (folder / "README.md").read_text().startswith("---")  # a model card with metadata
     generator = pipeline("midi-generation", model=str(folder))

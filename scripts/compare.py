@@ -1,0 +1,453 @@
+"""Train the three families on the same tokens, judge them with one independent classifier, and
+bundle them: the comparison behind the README's table and the bundled models, in one command.
+
+    python scripts/compare.py --source drengskapur/midi-classical-music \\
+        --tokenizer modeling/pretrained/gpt2-small-classical --bundle_dir modeling/pretrained
+    python scripts/compare.py --source bundled --preset tiny --max_train_tokens 40960 --time_limit 60 \\
+        --mixed_precision no --classifier_preset tiny --classifier_steps 4 --num_samples 1 --length 32 \\
+        --output_dir outputs/compare-dry-run      # the CPU dry run
+
+Each step runs the project's own script as a subprocess, its log in `<output_dir>/logs/`:
+1. the judge: `train_classifier.py` on a fresh GPT-2 of `--classifier_preset` (from scratch, so
+   it shares weights with none of the models it judges), and the baselines: `train_ngram.py`
+   4-grams on the whole training split and on as many tokens as the models see;
+2. the models: `accelerate launch scripts/train.py scripts/configs/<family>-<preset>.yaml` per
+   family with the same source, tokenizer, seed, batch and token budget, so every family sees
+   the same blocks in the same order (the condition on every block); all at once on the one
+   device (`--parallel`, the default) or one after another; each stops at `--time_limit` with
+   a checkpoint and an export;
+3. `evaluate.py` on the test split for every model and baseline: bits per token and per note,
+   likelihood identification, samples judged at each of `--guidance_scales`, statistics;
+4. `comparison.md` (the table) and `comparison.json` (tokens, speed, GPU use, results), and with
+   `--bundle_dir` a compact copy of each model (`modeling.compact`: FP8 weights) whose cost in
+   bits per token is measured on the same test pieces.
+A step whose result exists is skipped and training resumes from its checkpoints, so after a
+pre-emption (SIGTERM or SIGINT: every run checkpoints, the command exits 128 + the signal's
+number) the same command carries on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser
+
+import modeling
+from modeling.compact import save_compact
+from modeling.ngram import CONFIG_NAME as NGRAM_CONFIG
+from modeling.training import list_checkpoints, read_trainer_state
+from tokenization import split_names
+from tokenization.cache import is_token_cache
+
+ROOT = Path(__file__).resolve().parents[1]
+CARD_NOTE = """
+## Weights
+
+Stored compactly: every weight matrix as float8 (e4m3) with a float32 scale per 64 weights of a
+row, which transformers multiplies back in at load (`quantization_config` in `config.json`), the
+rest in float16. On the test split of `{source}`: {before:.4f} bits per token before, {after:.4f}
+after.
+"""
+
+
+@dataclass
+class Arguments:
+    source: str = field(
+        default="drengskapur/midi-classical-music", metadata={"help": "MIDI source or its token-cache folder."}
+    )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "Tokenizer folder or repo id (needed unless --source is a token cache)."}
+    )
+    families: list[str] = field(default_factory=lambda: list(modeling.FAMILIES))
+    preset: str = field(default="small", metadata={"help": "Model size of every family: tiny, small or base."})
+    max_train_tokens: int = field(default=61_440_000, metadata={"help": "Training tokens of each family."})
+    time_limit: float = field(
+        default=420.0,
+        metadata={"help": "Seconds of training: each run's limit side by side, shared in turn one after another."},
+    )
+    parallel: bool = field(default=True, metadata={"help": "Train the families at once on one device."})
+    per_device_train_batch_size: int = field(default=32)
+    warmup_steps: int = field(default=100)
+    eval_steps: int = field(default=500, metadata={"help": "Validation every N steps during training."})
+    save_steps: int = field(default=250)
+    seed: int = field(default=42)
+    train_args: str = field(default="", metadata={"help": "More train.py flags for every family, as one string."})
+    accelerate_config: str = field(default="accelerate_configs/single_gpu.yaml")
+    mixed_precision: str = field(default="bf16", metadata={"help": "accelerate launch's: bf16, fp16 or no."})
+    classifier_preset: str = field(default="small", metadata={"help": "Size of the judge, trained from scratch."})
+    classifier_steps: int = field(default=2000)
+    classifier_batch_size: int = field(default=64, metadata={"help": "Windows per step of the judge."})
+    classifier_args: str = field(default="", metadata={"help": "More train_classifier.py flags, as one string."})
+    ngram_order: int = field(default=4)
+    num_samples: int = field(default=8, metadata={"help": "Samples per composer and guidance scale."})
+    length: int = field(default=512, metadata={"help": "Tokens per sample."})
+    guidance_scales: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])
+    eval_args: str = field(default="", metadata={"help": "More evaluate.py flags, as one string."})
+    device: str | None = field(default=None, metadata={"help": "Device of the evaluations (default: cuda if any)."})
+    output_dir: str = field(default="outputs/compare-small")
+    bundle_dir: str | None = field(
+        default=None, metadata={"help": "Write compact copies here, e.g. modeling/pretrained (default: none)."}
+    )
+    bundle_name: str = field(default="{family}-{preset}-classical", metadata={"help": "Folder name of a copy."})
+
+
+def check(args: Arguments) -> None:
+    """Fail before any work on what would fail later."""
+    unknown = [f for f in args.families if f not in modeling.FAMILIES]
+    if unknown or not args.families:
+        raise ValueError(f"unknown famil(ies) {', '.join(unknown)}: choose among {', '.join(modeling.FAMILIES)}")
+    if args.preset not in modeling.PRESETS["transformer"]:
+        raise ValueError(f"unknown preset {args.preset!r}: choose one of {', '.join(modeling.PRESETS['transformer'])}")
+    if not (ROOT / args.accelerate_config).is_file():
+        raise ValueError(f"accelerate config {args.accelerate_config} not found: see accelerate_configs/")
+    if min(args.max_train_tokens, args.time_limit, args.classifier_steps, args.num_samples, args.length) <= 0:
+        raise ValueError("--max_train_tokens, --time_limit, --classifier_steps, --num_samples, --length: give > 0")
+    if args.tokenizer is None and not is_token_cache(args.source):
+        raise ValueError(
+            "give --tokenizer (the bundled models': modeling/pretrained/gpt2-small-classical), or a token-cache "
+            "folder as --source: every family must read the same tokens"
+        )
+    missing = {"train", "validation", "test"} - set(split_names(args.source))  # raises when the source is absent
+    if missing:
+        raise ValueError(f"source {args.source!r} has no {', '.join(sorted(missing))} split: give a larger source")
+
+
+class Jobs:
+    """Subprocesses, each in a process group of its own, logged to files. A SIGTERM or SIGINT to
+    this script goes to each group once (a training run then checkpoints and exports), and a
+    job counts as done when its whole group has ended, launcher and trainer alike."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs, self.running, self.signal = logs, [], 0
+        logs.mkdir(parents=True, exist_ok=True)
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, self._forward)
+
+    def _forward(self, number: int, frame) -> None:
+        self.signal = number
+        for process in self.running:
+            with contextlib.suppress(ProcessLookupError):  # the group has just ended
+                os.killpg(process.pid, signal.SIGTERM)
+
+    def start(self, name: str, command: list[str]) -> subprocess.Popen:
+        print(f"{time.strftime('%H:%M:%S')} {name}: {shlex.join(command)}", flush=True)
+        with open(self.logs / f"{name}.log", "w") as log:
+            process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.running.append(process)
+        return process
+
+    def wait(self, started: dict[str, subprocess.Popen]) -> dict[str, int]:
+        """Exit status per job (the launcher's), once every process of every group has ended."""
+        codes = {}
+        for name, process in started.items():
+            codes[name] = process.wait()
+            while group_alive(process.pid):
+                time.sleep(0.5)
+            self.running.remove(process)
+            state = "done" if codes[name] == 0 else f"failed (exit status {codes[name]}, see logs/{name}.log)"
+            print(f"{time.strftime('%H:%M:%S')} {name}: {state}", flush=True)
+        return codes
+
+    def run(self, commands: dict[str, list[str]], parallel: bool) -> dict[str, int]:
+        if parallel:
+            return self.wait({name: self.start(name, command) for name, command in commands.items()})
+        codes = {}
+        for name, command in commands.items():
+            if not self.signal:
+                codes |= self.wait({name: self.start(name, command)})
+        return codes
+
+
+def group_alive(group: int) -> bool:
+    """Whether a process of the group still runs. A trainer whose launcher died is reaped by
+    init, or by nobody where this script is process 1 (a container): zombies do not count."""
+    if not Path("/proc").is_dir():
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):  # the process ended while we read
+            state, _, process_group = stat.read_text().rpartition(")")[2].split()[:3]
+            if int(process_group) == group and state != "Z":
+                return True
+    return False
+
+
+class GpuSampler(threading.Thread):
+    """Samples the GPU's utilisation and memory in use every second while training runs."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.utilisation, self.memory, self.finished = [], [], threading.Event()
+
+    def run(self) -> None:
+        self.error = None
+        while not self.finished.wait(1.0):
+            try:
+                self.utilisation.append(torch.cuda.utilization())
+                self.memory.append(torch.cuda.device_memory_used() / 2**30)
+            except (ModuleNotFoundError, RuntimeError) as error:  # NVML missing: no figures, no failure
+                self.error = str(error).splitlines()[0]
+                return
+
+    def summary(self) -> dict:
+        self.finished.set()
+        self.join()
+        if not self.utilisation:
+            return {"error": self.error or "no sample"}
+        return {
+            "device": torch.cuda.get_device_name(),
+            "utilisation_percent_mean": statistics.mean(self.utilisation),
+            "memory_gib_max": max(self.memory),
+            "samples": len(self.utilisation),
+        }
+
+
+def launch(args: Arguments, script: str, *flags: str) -> list[str]:
+    return [
+        *(sys.executable, "-m", "accelerate.commands.launch", "--config_file", args.accelerate_config),
+        *("--mixed_precision", args.mixed_precision, script, *flags),
+    ]
+
+
+def data_flags(args: Arguments) -> list[str]:
+    return ["--sources", args.source, *(["--tokenizer", args.tokenizer] if args.tokenizer else [])]
+
+
+def baseline_commands(args: Arguments, out: Path) -> dict[str, list[str]]:
+    """The judge and the two n-grams that are not there yet."""
+    commands = {}
+    if not (out / "judge" / "classifier_results.json").is_file():
+        commands["judge"] = launch(
+            args,
+            "scripts/train_classifier.py",
+            *data_flags(args),
+            *("--preset", args.classifier_preset, "--max_steps", str(args.classifier_steps)),
+            *("--per_device_train_batch_size", str(args.classifier_batch_size)),
+            *("--warmup_steps", str(max(1, args.classifier_steps // 20)), "--save_steps", "200"),
+            *("--output_dir", str(out / "judge"), "--resume_from_checkpoint", "latest", "--seed", str(args.seed)),
+            *shlex.split(args.classifier_args),
+        )
+    for name, budget in (("ngram-full", []), ("ngram-budget", ["--max_train_tokens", str(args.max_train_tokens)])):
+        if not (out / name / NGRAM_CONFIG).is_file():
+            commands[name] = [
+                *(sys.executable, "scripts/train_ngram.py", *data_flags(args), "--order", str(args.ngram_order)),
+                *budget,
+                *("--output_dir", str(out / name), "--seed", str(args.seed)),
+            ]
+    return commands
+
+
+def train_command(args: Arguments, out: Path, family: str, seconds: float) -> list[str]:
+    return launch(
+        args,
+        "scripts/train.py",
+        f"scripts/configs/{family}-{args.preset}.yaml",
+        *data_flags(args),
+        *("--max_train_tokens", str(args.max_train_tokens), "--time_limit", f"{seconds:.0f}"),
+        *("--per_device_train_batch_size", str(args.per_device_train_batch_size)),
+        *("--warmup_steps", str(args.warmup_steps), "--seed", str(args.seed), "--report_to", "none"),
+        *("--eval_steps", str(args.eval_steps), "--save_steps", str(args.save_steps)),
+        *("--output_dir", str(out / family), "--resume_from_checkpoint", "latest"),
+        *shlex.split(args.train_args),
+    )
+
+
+def complete(folder: Path) -> bool:
+    """Whether a training run reached its last step (and so exported its model)."""
+    checkpoints = list_checkpoints(folder)
+    state = read_trainer_state(checkpoints[-1]) if checkpoints else {}
+    return "max_steps" in state and state["step"] >= state["max_steps"]
+
+
+def train(args: Arguments, jobs: Jobs, out: Path) -> dict[str, float]:
+    """Train every family not trained yet (resuming what a cut-off run left); wall seconds per family."""
+    families = [f for f in args.families if not complete(out / f)]
+    seconds, deadline = {}, time.monotonic() + args.time_limit
+    if args.parallel:
+        commands = {f: train_command(args, out, f, args.time_limit) for f in families}
+        started = time.monotonic()
+        jobs.run(commands, parallel=True)
+        return dict.fromkeys(families, time.monotonic() - started)
+    for done, family in enumerate(families):
+        share = max(1.0, (deadline - time.monotonic()) / (len(families) - done))
+        started = time.monotonic()
+        jobs.run({family: train_command(args, out, family, share)}, parallel=False)
+        seconds[family] = time.monotonic() - started
+    return seconds
+
+
+def evaluate_commands(args: Arguments, out: Path, names: list[str]) -> dict[str, list[str]]:
+    """evaluate.py for each trained model or baseline folder whose results are not there yet."""
+    scales = [f"{s:g}" for s in args.guidance_scales]
+    return {
+        f"evaluate-{name}": [
+            *(sys.executable, "scripts/evaluate.py", str(out / name), "--classifier", str(out / "judge")),
+            *("--source", args.source, "--json", str(out / "eval" / f"{name}.json"), "--seed", str(args.seed)),
+            *("--num_samples", str(args.num_samples), "--length", str(args.length), "--guidance_scales", *scales),
+            *(["--device", args.device] if args.device else []),
+            *shlex.split(args.eval_args),
+        ]
+        for name in names
+        if is_model(out / name) and not (out / "eval" / f"{name}.json").is_file()
+    }
+
+
+def is_model(folder: Path) -> bool:
+    """A trained model's (or n-gram's) folder, ready to evaluate."""
+    return any((folder / name).is_file() for name in ("config.json", NGRAM_CONFIG))
+
+
+def bundle(args: Arguments, jobs: Jobs, out: Path, families: list[str]) -> dict[str, dict]:
+    """Compact copies in `bundle_dir`, each with its cost in bits per token on the test pieces."""
+    copies = {f: Path(args.bundle_dir) / args.bundle_name.format(family=f, preset=args.preset) for f in families}
+    sizes = {f: save_compact(out / f, copy) for f, copy in copies.items()}
+    jobs.run(
+        {
+            f"likelihood-{f}-compact": [
+                *(sys.executable, "scripts/evaluate.py", str(copy), "--likelihood_only", "--source", args.source),
+                *("--json", str(out / "eval" / f"{f}-compact.json")),
+                *(["--device", args.device] if args.device else []),
+                *shlex.split(args.eval_args),
+            ]
+            for f, copy in copies.items()
+            if not (out / "eval" / f"{f}-compact.json").is_file()
+        },
+        args.parallel,
+    )
+    bundled = {}
+    for family, copy in copies.items():
+        bundled[family] = {"folder": str(copy), **sizes[family]}
+        full, compact = (read_json(out / "eval" / f"{name}.json") for name in (family, f"{family}-compact"))
+        if full and compact:
+            before, after = full["likelihood"]["bits_per_token"], compact["likelihood"]["bits_per_token"]
+            bundled[family]["bits_per_token_cost"] = after - before
+            with open(copy / "README.md", "a") as card:
+                card.write(CARD_NOTE.format(source=args.source, before=before, after=after))
+    return bundled
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_summary(folder: Path) -> dict:
+    """What a training run did: tokens, steps, why it stopped, its median speed."""
+    checkpoints = list_checkpoints(folder)
+    state = read_trainer_state(checkpoints[-1]) if checkpoints else {}
+    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    speeds = [line["train/tokens_per_second"] for line in lines if "train/tokens_per_second" in line]
+    return {
+        "tokens": state.get("tokens"),
+        "steps": state.get("step"),
+        "max_steps": state.get("max_steps"),
+        "stopped_by": state.get("stopped_by"),
+        "tokens_per_second_median": statistics.median(speeds) if speeds else None,
+    }
+
+
+def summarise(args: Arguments, out: Path, trained: list[str], seconds: dict, gpu: dict, copies: dict) -> dict:
+    """comparison.json: what this command (or, for what it skipped, an earlier one) measured."""
+    previous = read_json(out / "comparison.json") or {}
+    runs = {}
+    for family in trained:
+        earlier = previous.get("runs", {}).get(family, {}).get("wall_seconds")
+        runs[family] = run_summary(out / family) | {"wall_seconds": seconds.get(family, earlier)}
+    likelihoods = {
+        name: (read_json(out / "eval" / f"{name}.json") or {}).get("likelihood")
+        for name in [*trained, "ngram-budget", "ngram-full", *(f"{f}-compact" for f in copies)]
+    }
+    return {
+        "arguments": asdict(args),
+        "mode": "parallel" if args.parallel else "sequential",
+        "gpu": gpu if seconds else previous.get("gpu", {}),
+        "judge": (read_json(out / "judge" / "classifier_results.json") or {}).get("test"),
+        "runs": runs,
+        "bundled": copies,
+        "likelihood": likelihoods,
+    }
+
+
+def report(summary: dict, out: Path) -> None:
+    """The table (comparison.md) and a line per run, per compact copy and for the GPU."""
+    tables = [str(out / "eval" / f"{name}.json") for name in summary["likelihood"] if not name.endswith("-compact")]
+    tables = [path for path in tables if Path(path).is_file()]
+    if tables:
+        command = [sys.executable, "scripts/evaluate.py", "--table", *tables]
+        table = subprocess.run(command, cwd=ROOT, capture_output=True, text=True).stdout
+        (out / "comparison.md").write_text(table)
+        print(table)
+    for family, run in summary["runs"].items():
+        wall, speed, stopped = run["wall_seconds"], run["tokens_per_second_median"], run["stopped_by"]
+        print(
+            f"{family}: {run['tokens'] or 0:,} tokens"
+            + (f" in {wall:.0f} s" if wall else "")
+            + (f", {speed:,.0f} tokens/s" if speed else "")
+            + (f", stopped by {stopped}" if stopped else "")
+        )
+    for family, copy in summary["bundled"].items():
+        cost = copy.get("bits_per_token_cost")
+        print(
+            f"{family}: compact copy {copy['folder']}, {copy['bytes_before'] / 1e6:.1f} -> "
+            f"{copy['bytes_after'] / 1e6:.1f} MB of weights, "
+            + (f"{cost:+.4f} bits/token" if cost is not None else "cost not measured")
+        )
+    gpu = summary["gpu"]
+    if "utilisation_percent_mean" in gpu:
+        print(f"GPU: {gpu['utilisation_percent_mean']:.0f} % busy on average, {gpu['memory_gib_max']:.1f} GiB at most")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = HfArgumentParser(Arguments)
+    (args,) = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+    try:
+        check(args)
+    except (ValueError, OSError) as error:
+        parser.error(str(error).splitlines()[0])
+    out = Path(args.output_dir)
+    jobs = Jobs(out / "logs")
+    # The judge and the n-grams (CPU) run beside the models; in turn, they go first.
+    baselines, commands = {}, baseline_commands(args, out)
+    if args.parallel:
+        baselines = {name: jobs.start(name, command) for name, command in commands.items()}
+    else:
+        jobs.run(commands, parallel=False)
+    sampler = GpuSampler() if torch.cuda.is_available() else None
+    if sampler:
+        sampler.start()
+    seconds = train(args, jobs, out)
+    gpu = sampler.summary() if sampler else {}
+    jobs.wait(baselines)
+    trained = [f for f in args.families if (out / f / "config.json").is_file()]
+    judged = (out / "judge" / "classifier_results.json").is_file()
+    if judged and not jobs.signal:
+        jobs.run(evaluate_commands(args, out, [*trained, "ngram-budget", "ngram-full"]), args.parallel)
+    copies = bundle(args, jobs, out, trained) if args.bundle_dir and trained and not jobs.signal else {}
+    summary = summarise(args, out, trained, seconds, gpu, copies)
+    (out / "comparison.json").write_text(json.dumps(summary, indent=2))
+    report(summary, out)
+    if jobs.signal:
+        print(f"stopped by {signal.Signals(jobs.signal).name}: the runs saved checkpoints; run the same command again")
+        sys.exit(128 + jobs.signal)
+    failed = [f for f in args.families if f not in trained] + ([] if judged else ["judge"])
+    if failed:
+        sys.exit(f"no {', '.join(failed)}: see the logs in {out / 'logs'}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
