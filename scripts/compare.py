@@ -3,9 +3,10 @@ bundle them: the comparison behind the README's table and the bundled models, in
 
     python scripts/compare.py --source drengskapur/midi-classical-music \\
         --tokenizer modeling/pretrained/gpt2-small-classical --bundle_dir modeling/pretrained
-    python scripts/compare.py --source bundled --preset tiny --max_train_tokens 40960 --time_limit 60 \\
-        --mixed_precision no --classifier_preset tiny --classifier_steps 4 --num_samples 1 --length 32 \\
-        --output_dir outputs/compare-dry-run      # the CPU dry run
+    python scripts/compare.py --source bundled --tokenizer modeling/pretrained/gpt2-small-classical \\
+        --preset tiny --max_train_tokens 16384 --per_device_train_batch_size 8 --mixed_precision no \\
+        --classifier_preset tiny --classifier_steps 4 --classifier_args "--min_files 4" --num_samples 1 \\
+        --length 24 --output_dir outputs/compare-dry-run      # a CPU dry run, as the tests do
 
 Each step runs the project's own script as a subprocess, its log in `<output_dir>/logs/`:
 1. the judge: `train_classifier.py` on a fresh GPT-2 of `--classifier_preset` (from scratch, so
