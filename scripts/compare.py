@@ -304,13 +304,18 @@ def evaluate_commands(args: Arguments, out: Path, names: list[str]) -> dict[str,
             *shlex.split(args.eval_args),
         ]
         for name in names
-        if is_model(out / name) and not (out / "eval" / f"{name}.json").is_file()
+        if model_file(out / name) and not up_to_date(out / "eval" / f"{name}.json", out / name)
     }
 
 
-def is_model(folder: Path) -> bool:
-    """A trained model's (or n-gram's) folder, ready to evaluate."""
-    return any((folder / name).is_file() for name in ("config.json", NGRAM_CONFIG))
+def model_file(folder: Path) -> Path | None:
+    """The config of a trained model (or n-gram) in `folder`, written with each export."""
+    return next((folder / name for name in ("config.json", NGRAM_CONFIG) if (folder / name).is_file()), None)
+
+
+def up_to_date(result: Path, folder: Path) -> bool:
+    """Whether `result` was measured on the model now in `folder` (a resumed run exports again)."""
+    return result.is_file() and result.stat().st_mtime >= model_file(folder).stat().st_mtime
 
 
 def bundle(args: Arguments, jobs: Jobs, out: Path, families: list[str]) -> dict[str, dict]:
@@ -326,7 +331,7 @@ def bundle(args: Arguments, jobs: Jobs, out: Path, families: list[str]) -> dict[
                 *shlex.split(args.eval_args),
             ]
             for f, copy in copies.items()
-            if not (out / "eval" / f"{f}-compact.json").is_file()
+            if not up_to_date(out / "eval" / f"{f}-compact.json", out / f)
         },
         args.parallel,
     )

@@ -2,6 +2,7 @@
 judge trained from scratch and the n-grams, evaluated, tabled and bundled as compact copies."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from conftest import ROOT, load_script
 from modeling import FAMILIES
 
 DIGEST = re.compile(r"rank 0: .*; data digest (\w+);")
-JOB = re.compile(r"^\d\d:\d\d:\d\d [\w-]+: ", re.MULTILINE)
+STARTED = re.compile(r"^\d\d:\d\d:\d\d ([\w-]+): \S+python", re.MULTILINE)  # a job's command line
 
 
 def compare(out, tokenizer) -> subprocess.CompletedProcess:
@@ -82,11 +83,15 @@ def test_compact_copies_are_bundled_with_their_measured_cost(dry_run):
         assert len(piece["tokens"]) == 10
 
 
-def test_running_the_command_again_redoes_nothing(dry_run):
+def test_running_the_command_again_redoes_only_what_changed(dry_run):
     out, summary, _ = dry_run
     again = compare(out, out / "tokenizer")
-    assert JOB.findall(again.stdout) == []  # no job started
+    assert STARTED.findall(again.stdout) == []
     assert json.loads((out / "run" / "comparison.json").read_text())["runs"] == summary["runs"]
+    exported = out / "run" / "mamba" / "config.json"  # as a resumed run exports again
+    os.utime(exported)  # now: after the results
+    again = compare(out, out / "tokenizer")
+    assert STARTED.findall(again.stdout) == ["evaluate-mamba", "likelihood-mamba-compact"]
 
 
 BUNDLED_TOKENIZER = ["--tokenizer", "modeling/pretrained/gpt2-small-classical"]
