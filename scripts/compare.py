@@ -199,11 +199,12 @@ class GpuSampler(threading.Thread):
         self.error = None
         while not self.finished.wait(1.0):
             try:
-                self.utilisation.append(torch.cuda.utilization())
-                self.memory.append(torch.cuda.device_memory_used() / 2**30)
-            except (ModuleNotFoundError, RuntimeError) as error:  # NVML missing: no figures, no failure
-                self.error = str(error).splitlines()[0]
+                busy, used = torch.cuda.utilization(), torch.cuda.device_memory_used() / 2**30
+            except Exception as error:  # no NVML (or an older torch): no figures, and no failure
+                self.error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
                 return
+            self.utilisation.append(busy)
+            self.memory.append(used)
 
     def summary(self) -> dict:
         self.finished.set()

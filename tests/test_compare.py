@@ -123,3 +123,13 @@ def test_without_a_tokenizer_the_families_could_read_different_tokens(capsys, mo
     assert (
         "give --tokenizer (the bundled models': modeling/pretrained/gpt2-small-classical)" in capsys.readouterr().err
     )
+
+
+def test_the_gpu_sampler_reports_why_it_has_no_figures_instead_of_failing():
+    sampler = load_script("compare").GpuSampler()
+    sampler.start()
+    sampler.finished.wait(1.5)
+    summary = sampler.summary()
+    assert ("utilisation_percent_mean" in summary) == ("error" not in summary)
+    if "error" in summary:  # a CPU machine, or no NVML
+        assert summary["error"]
