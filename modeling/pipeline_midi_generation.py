@@ -233,6 +233,8 @@ class MidiGenerationPipeline(Pipeline):
     ) -> dict[str, Any]:
         if max_new_tokens < 1 or temperature <= 0:
             raise ValueError(f"max_new_tokens ({max_new_tokens}) and temperature ({temperature}) must be positive")
+        if not 0 < top_p <= 1 or top_k < 0:
+            raise ValueError(f"top_p is a probability mass in (0, 1] ({top_p}) and top_k a count >= 0 ({top_k})")
         tokens = model_inputs["input_ids"]
         guided = guidance_scale != 1.0
         if guided:  # the unconditional branch: the same rows with Composer_Unknown, batched after them

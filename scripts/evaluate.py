@@ -105,6 +105,9 @@ def parse_arguments(argv: list[str]) -> tuple[HfArgumentParser, Arguments]:
         argv = ["--model", *argv]
     (args,) = parser.parse_args_into_dataclasses(args=argv)
     if args.table:
+        missing = [path for path in args.table if not Path(path).is_file()]
+        if missing:
+            parser.error(f"--table: no results file {', '.join(missing)}: give evaluate.py's --json outputs")
         return parser, args
     needed = ("model", "source", "json") if args.likelihood_only else ("model", "classifier", "source", "json")
     missing = [name for name in needed if getattr(args, name) is None]

@@ -67,6 +67,12 @@ def default_model() -> Path:
     return bundled.get(DEFAULT_FAMILY) or next(iter(bundled.values()))
 
 
+def available_models() -> list[str]:
+    """What `--model` can name on this machine without the Hub: families, bundled and trained folders."""
+    trained = sorted(str(p.parent) for p in Path("outputs").glob("*/config.json") if family_of(p.parent))
+    return [*modeling.FAMILIES, *(str(p) for p in bundled_models().values()), *trained]
+
+
 def family_of(folder: Path) -> str | None:
     config = folder / "config.json"
     return FAMILY_OF_MODEL_TYPE.get(json.loads(config.read_text()).get("model_type")) if config.is_file() else None
@@ -90,6 +96,8 @@ def resolve_model(name: str | None) -> tuple[str, str]:
     path = Path(name)
     if path.is_dir():
         return str(path), path.resolve().name
+    if name.startswith((".", "/", "~")) or path.parts[0] in ("outputs", "modeling") or Path(path.parts[0]).is_dir():
+        raise ValueError(f"--model {name}: no such folder; models here: {', '.join(available_models())}")
     try:
         validate_repo_id(name)
     except HFValidationError:
@@ -165,7 +173,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             progress_bar=True,
         )
     except (ValueError, OSError) as error:  # OSError: a missing file, or a Hub repo that cannot be reached
-        parser.error(str(error).splitlines()[0])
+        message = str(error).splitlines()[0]
+        if "couldn't connect" in message:
+            message = f"--model {args.model}: not a folder here, and the Hub cannot be reached (offline?)"
+        parser.error(message)
     seconds = time.perf_counter() - started
     rows = write_samples(results, args, Path(args.out) / model_name)
     print_summary(rows, generated=sum(r["new_tokens"] for r in rows), seconds=seconds)

@@ -232,6 +232,14 @@ def test_classification_of_generated_music_goes_through_midi(tokenizer, pieces):
     assert music_ids(tokenizer, score)[:50] == pieces[0].music[:50]
 
 
+def test_a_table_of_missing_results_says_which(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        load_script("evaluate").main(["--table", str(tmp_path / "*.json")])
+    assert (
+        f"--table: no results file {tmp_path / '*.json'}: give evaluate.py's --json outputs" in capsys.readouterr().err
+    )
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -237,6 +237,8 @@ def test_cli_writes_a_file_per_composer_and_sample(family, folders, tmp_path, ca
         (["--render", "wav", "--soundfont", "/nonexistent.sf2"], "apt-get install fluidsynth fluid-soundfont-gm"),
         (["--render", "mp3"], "only wav"),
         (["--length", "0"], "positive"),
+        (["--top-p", "2"], "top_p is a probability mass in (0, 1] (2.0)"),
+        (["--top-k", "-1"], "top_k a count >= 0 (-1)"),
     ],
 )
 def test_cli_bad_arguments_fail_with_one_line(argv, message, folders, capsys):
@@ -272,6 +274,22 @@ def test_cli_family_names_find_a_trained_model_or_say_how_to_get_one(folders, tm
         script.resolve_model(missing)
     with pytest.raises(ValueError, match="not a family name or a Hub repo id"):
         script.resolve_model("no/such/folder")
+
+
+@pytest.mark.parametrize("name", ["outputs/mamba-small", "./models/mine", "modeling/pretrained/nothing"])
+def test_a_missing_local_model_folder_is_named_with_what_exists(name, capsys):
+    with pytest.raises(SystemExit):
+        load_script("generate").main(["--model", name, "--length", "8"])
+    error = capsys.readouterr().err
+    assert f"--model {name}: no such folder; models here: transformer, mamba, xlstm, " in error
+    assert str(load_script("generate").default_model()) in error
+
+
+def test_an_unreachable_hub_repo_says_offline(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit):
+        load_script("generate").main(["--model", "someone/no-such-model", "--length", "8"])
+    assert "--model someone/no-such-model: not a folder here, and the Hub cannot be reached" in capsys.readouterr().err
 
 
 def test_the_bundled_model_is_small_and_generates_music():
