@@ -154,8 +154,11 @@ class MidiGenerationPipeline(Pipeline):
     open("bach.mid", "wb").write(piece["midi"])
     ```
     Each result holds `score` (symusic Score), `midi` (bytes), `tokens` (ids: BOS, the
-    composer's condition token, the prompt's tokens, then the new ones), `composer` and
-    `new_tokens` (how many were generated); a prompt's own notes are part of the score.
+    composer's condition token, the prompt's tokens, then the new ones), `composer`,
+    `new_tokens` (how many were generated) and `seconds` (of music); a prompt's own notes are
+    part of the score. A call generates `max_new_tokens` tokens: a model's end of piece comes
+    too early to make music of (often after a few bars), so `min_new_tokens` (0 lets a row end
+    at the model's EOS) is the way to allow it.
     """
 
     _load_tokenizer = False
@@ -222,7 +225,7 @@ class MidiGenerationPipeline(Pipeline):
         self,
         model_inputs: dict[str, Any],
         max_new_tokens: int = 512,
-        min_new_tokens: int = 0,
+        min_new_tokens: int | None = None,
         temperature: float = 1.0,
         top_k: int = 0,
         top_p: float = 1.0,
@@ -235,6 +238,7 @@ class MidiGenerationPipeline(Pipeline):
             raise ValueError(f"max_new_tokens ({max_new_tokens}) and temperature ({temperature}) must be positive")
         if not 0 < top_p <= 1 or top_k < 0:
             raise ValueError(f"top_p is a probability mass in (0, 1] ({top_p}) and top_k a count >= 0 ({top_k})")
+        min_new_tokens = max_new_tokens if min_new_tokens is None else min_new_tokens
         tokens = model_inputs["input_ids"]
         guided = guidance_scale != 1.0
         if guided:  # the unconditional branch: the same rows with Composer_Unknown, batched after them
@@ -298,6 +302,7 @@ class MidiGenerationPipeline(Pipeline):
                     "tokens": ids,
                     "composer": composer,
                     "new_tokens": new_tokens,
+                    "seconds": score.to("second").end() if score.note_num() else 0.0,
                 }
             )
         return results

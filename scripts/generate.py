@@ -201,7 +201,7 @@ def write_samples(results: list[dict], args: Arguments, folder: Path) -> list[di
                 "file": str(path),
                 "composer": result["composer"],
                 "notes": len(pitches),
-                "seconds": result["score"].to("second").end() if pitches else 0.0,
+                "seconds": result["seconds"],
                 "pitch_range": f"{min(pitches)}-{max(pitches)}" if pitches else "-",
                 "new_tokens": result["new_tokens"],
             }

@@ -150,9 +150,12 @@ def test_rows_that_end_early_are_cut_at_their_end(family, generators, tokenizer)
 
     hook = generators[family].model.register_forward_hook(end_the_first_row_only)
     try:
-        first, second = generators[family](composer=["Bach", "Mozart"], max_new_tokens=30, seed=0)
+        first, second = generators[family](composer=["Bach", "Mozart"], max_new_tokens=30, min_new_tokens=0, seed=0)
+        wholes = generators[family](composer=["Bach", "Mozart"], max_new_tokens=30, seed=0)  # by default: all
     finally:
         hook.remove()
+    for whole in wholes:  # the first row too, though the model pushes its end
+        assert whole["new_tokens"] == 30 and whole["seconds"] == whole["score"].to("second").end() > 0
     # the grammar allows the end only after music: BOS, composer, a bar, EOS
     assert first["tokens"][2:] == [tokenizer.base.vocab["Bar_None"], eos] and first["new_tokens"] == 2
     assert second["new_tokens"] == 30 and eos not in second["tokens"]
