@@ -1,8 +1,10 @@
 # `make demo` and `make test` work on a fresh clone: they create .venv/ and install first.
 PYTHON ?= python3
 VENV ?= .venv
-# The CPU build; override for a GPU machine, e.g. `make test TORCH=torch`.
+# The PyTorch the venv gets first: the package index's build of this version (on Linux from
+# PyPI, a CUDA build); TORCH_INDEX picks another index, e.g. PyTorch's CPU-only one.
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 # Debian's fluid-soundfont-gm: with it and fluidsynth, `make demo` also renders audio.
 SOUNDFONT ?= /usr/share/sounds/sf2/FluidR3_GM.sf2
 BIN := $(VENV)/bin
@@ -16,7 +18,7 @@ $(BIN)/python:
 
 # torch first, on its own: as a dependency of another package it could pull a CUDA build.
 $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
-	$(BIN)/pip install "$(TORCH)"
+	$(BIN)/pip install "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -e ".[dev,audio]"
 	touch $(STAMP)
 
@@ -39,14 +41,14 @@ test: lint
 cuda-install: install
 	MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE $(BIN)/pip install --no-build-isolation -e ".[cuda]"
 
-# On a CUDA machine (`make cuda-check TORCH=torch`): the tests that compare the GPU kernels
+# On a CUDA machine (`make cuda-check`): the tests that compare the GPU kernels
 # with the PyTorch paths, and the GPU benchmark (batch 32 x 1024, bf16).
 cuda-check: cuda-install
 	$(BIN)/pytest tests/test_models.py tests/test_slstm.py -k "cuda or flashrnn"
 	$(BIN)/python scripts/benchmark.py models --device cuda --precision bf16 --train_batch 32 \
 		--train_lengths 1024 --contexts 256 4096 --json outputs/bench_models_gpu.json
 
-# On a GPU machine (`make bundle TORCH=torch`): the three families trained on the same tokens,
+# On a GPU machine (`make bundle`): the three families trained on the same tokens,
 # judged and tabled in outputs/compare-small/, and their compact copies in modeling/pretrained/.
 SOURCE ?= drengskapur/midi-classical-music
 TOKENIZER ?= modeling/pretrained/gpt2-small-classical

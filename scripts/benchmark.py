@@ -62,9 +62,9 @@ from modeling import FAMILIES, build_config, modeling_music_xlstm
 class DataArguments:
     source: str = field(default="bundled", metadata={"help": "A local MIDI source (DatasetMIDI reads paths)."})
     json: str = field(default="outputs/bench_data.json", metadata={"help": "Where to write the results."})
-    tokenizer: str | None = field(default=None, metadata={"help": "A saved tokenizer (default: REMI without BPE)."})
+    tokenizer: str | None = field(default=None, metadata={"help": "A saved tokenizer; left out: REMI without BPE."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where token caches live (train.py's)."})
-    num_proc: int | None = field(default=None, metadata={"help": "Processes building the cache (default: cores)."})
+    num_proc: int | None = field(default=None, metadata={"help": "Processes building the cache; left out: cores."})
     max_files: int = field(default=300, metadata={"help": "Files in the sample (fixed by path hash)."})
     block_size: int = 1024
     batch_size: int = 8

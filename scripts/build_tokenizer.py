@@ -25,7 +25,8 @@ class Arguments:
     output_dir: str = field(default="outputs/tokenizer", metadata={"help": "Where the tokenizer is saved."})
     bpe_vocab_size: int = field(default=0, metadata={"help": "Learn BPE up to this vocabulary size (0: no BPE)."})
     bpe_max_files: int = field(default=2000, metadata={"help": "Training files used to learn BPE."})
-    push_to_hub: str | None = field(default=None, metadata={"help": "Also upload the tokenizer to this Hub repo id."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Also upload the tokenizer to hub_model_id."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repo id, e.g. me/tokenizer-classical."})
 
 
 def print_table(table: list[dict]) -> None:
@@ -42,14 +43,17 @@ def print_table(table: list[dict]) -> None:
 
 
 def main() -> None:
-    (args,) = HfArgumentParser(Arguments).parse_args_into_dataclasses()
+    parser = HfArgumentParser(Arguments)
+    (args,) = parser.parse_args_into_dataclasses()
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id <user>/<name>")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("tokenization.blocks").setLevel(logging.ERROR)  # the summary line reports skips
 
     tokenizer = tokenizer_for_sources([args.source], args.bpe_vocab_size, args.bpe_max_files)
     tokenizer.save_pretrained(args.output_dir)
     if args.push_to_hub:
-        print(f"pushed: {tokenizer.push_to_hub(args.push_to_hub)}")
+        print(f"pushed: {tokenizer.push_to_hub(args.hub_model_id)}")
 
     rows = tqdm(load_source(args.source), desc="tokenizing", unit="file")
     table, skipped = corpus_table(tokenizer, rows)

@@ -96,10 +96,10 @@ class Arguments:
     length: int = field(default=512, metadata={"help": "Tokens per sample."})
     guidance_scales: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0])
     eval_args: str = field(default="", metadata={"help": "More evaluate.py flags, as one string."})
-    device: str | None = field(default=None, metadata={"help": "Device of the evaluations (default: cuda if any)."})
+    device: str | None = field(default=None, metadata={"help": "Device of the evaluations; left out: cuda if any."})
     output_dir: str = field(default="outputs/compare-small")
     bundle_dir: str | None = field(
-        default=None, metadata={"help": "Write compact copies here, e.g. modeling/pretrained (default: none)."}
+        default=None, metadata={"help": "Write compact copies here, e.g. modeling/pretrained; left out: none."}
     )
     bundle_name: str = field(default="{family}-{preset}-classical", metadata={"help": "Folder name of a copy."})
 

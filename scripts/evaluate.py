@@ -74,14 +74,14 @@ class Arguments:
     classifier: str | None = field(default=None, metadata={"help": "Folder of train_classifier.py's output."})
     source: str | None = field(default=None, metadata={"help": "MIDI source whose test split is the reference."})
     json: str | None = field(default=None, metadata={"help": "Results file; the report goes beside it (.md)."})
-    composers: str | None = field(default=None, metadata={"help": "Comma-separated (default: the classifier's)."})
+    composers: str | None = field(default=None, metadata={"help": "Comma-separated; left out: the classifier's."})
     num_samples: int = field(default=8, metadata={"help": "Generated pieces per composer and guidance scale."})
     length: int = field(default=512, metadata={"help": "Tokens per generated piece (and per real excerpt)."})
     guidance_scales: list[float] = field(default_factory=lambda: [1.0], metadata={"help": "1 = no guidance."})
     top_p: float = field(default=0.95)
     seed: int = field(default=0)
     max_test_files: int | None = field(
-        default=None, metadata={"help": "Test pieces for the likelihood (default: all; the rest always uses all)."}
+        default=None, metadata={"help": "Test pieces for the likelihood; left out: all; the rest always uses all."}
     )
     block_size: int = field(default=1024, metadata={"help": "Tokens per likelihood block (GPT-2: its positions)."})
     identification_tokens: int = field(default=512, metadata={"help": "Music tokens per identification window."})
@@ -90,7 +90,7 @@ class Arguments:
         default=True, metadata={"help": "Read the test split from the source's token cache (--no_token_cache: MIDI)."}
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Where token caches live (train.py's)."})
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default: cuda if available)."})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, ...; left out: cuda if available."})
     table: list[str] | None = field(default=None, metadata={"help": "Print a comparison table of these JSONs."})
     likelihood_only: bool = field(
         default=False,
@@ -100,7 +100,12 @@ class Arguments:
 
 def parse_arguments(argv: list[str]) -> tuple[HfArgumentParser, Arguments]:
     """MODEL may come first without `--model`, as in `evaluate.py MODEL --classifier ...`."""
-    parser = HfArgumentParser(Arguments)
+    parser = HfArgumentParser(
+        Arguments,
+        usage="%(prog)s MODEL --classifier CLS --source URI --json OUT [--key value ...]\n"
+        "       %(prog)s MODEL --likelihood_only --source URI --json OUT\n"
+        "       %(prog)s --table RESULTS.json [RESULTS.json ...]",
+    )
     if argv and not argv[0].startswith("-"):
         argv = ["--model", *argv]
     (args,) = parser.parse_args_into_dataclasses(args=argv)

@@ -34,7 +34,7 @@ DEFAULT_FAMILY = "transformer"
 class Arguments:
     model: str | None = field(
         default=None,
-        metadata={"help": "transformer, mamba, xlstm, a model folder or a Hub repo id (default: the bundled model)."},
+        metadata={"help": "transformer, mamba, xlstm, a model folder or a Hub repo id; left out: the bundled model."},
     )
     composers: str = field(default="Bach, Mozart, Beethoven, Chopin", metadata={"help": "Comma-separated names."})
     length: int = field(default=1024, metadata={"help": "Tokens to generate per sample."})
@@ -42,17 +42,17 @@ class Arguments:
     out: str = field(default="outputs/generated", metadata={"help": "Output folder."})
     prompt: str | None = field(default=None, metadata={"help": "A MIDI file each sample continues."})
     guidance_scale: float = field(default=1.0, metadata={"help": "Classifier-free guidance (1: off)."})
-    temperature: float = field(default=1.0)
+    temperature: float = field(default=1.0, metadata={"help": "Below 1: safer choices; above 1: bolder ones."})
     top_k: int = field(default=0, metadata={"help": "Sample among the k most likely tokens (0: all)."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling (1: off)."})
-    seed: int = field(default=0)
+    seed: int = field(default=0, metadata={"help": "The same seed, command and device give the same files."})
     allow_early_end: bool = field(
         default=False, metadata={"help": "Stop a sample when the model ends the piece, before --length tokens."}
     )
     plot: bool = field(default=False, metadata={"help": "Write a piano-roll PNG beside each sample."})
     render: str | None = field(default=None, metadata={"help": "wav: render audio with FluidSynth."})
     soundfont: str = field(default=SOUNDFONT, metadata={"help": "General MIDI soundfont for --render."})
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default: cuda if available)."})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, ...; left out: cuda if available."})
 
 
 def bundled_models() -> dict[str, Path]:

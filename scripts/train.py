@@ -113,7 +113,7 @@ class DataArguments:
         },
     )
     source_weights: list[float] | None = field(
-        default=None, metadata={"help": "Probability of drawing the next file from each source (default: equal)."}
+        default=None, metadata={"help": "Probability of drawing the next file from each source; left out: equal."}
     )
     block_size: int = field(default=1024, metadata={"help": "Tokens per training block."})
     shuffle_buffer: int = field(default=256, metadata={"help": "Blocks in the shuffle buffer (0: file order)."})
@@ -132,9 +132,9 @@ class DataArguments:
         metadata={"help": "Read pieces from each source's token cache, built on first use (--no_token_cache: MIDI)."},
     )
     cache_dir: str | None = field(
-        default=None, metadata={"help": "Where token caches live (default: $MIDI_LM_CACHE or the HF home)."}
+        default=None, metadata={"help": "Where token caches live; left out: $MIDI_LM_CACHE or the HF home."}
     )
-    num_proc: int | None = field(default=None, metadata={"help": "Processes building a token cache (default: cores)."})
+    num_proc: int | None = field(default=None, metadata={"help": "Processes building a token cache; left out: cores."})
     num_workers: int = field(default=1, metadata={"help": "DataLoader worker processes per training process."})
     eval_max_files: int | None = field(
         default=32, metadata={"help": "Validation pieces evaluated (all: leave empty); the same ones every time."}
@@ -199,7 +199,7 @@ CARD_SETTINGS = (
 
 def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainArguments]:
     """`[preset.yaml] [--key value ...]`: the YAML file's values are defaults the flags override."""
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser = HfArgumentParser(ARGUMENT_CLASSES, usage="%(prog)s [PRESET.yaml] [--key value ...]")
     if argv and argv[0].endswith((".yaml", ".yml")):
         preset, argv = Path(argv[0]), argv[1:]
         if not preset.is_file():

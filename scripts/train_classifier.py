@@ -63,10 +63,10 @@ class Arguments:
     )
     preset: str = field(default="tiny", metadata={"help": "GPT-2 size without --init_from: tiny, small or base."})
     tokenizer: str | None = field(
-        default=None, metadata={"help": "Tokenizer without --init_from (default: built from the sources)."}
+        default=None, metadata={"help": "Tokenizer without --init_from; left out: built from the sources."}
     )
     composers: str | None = field(
-        default=None, metadata={"help": "Comma-separated classes (default: those with --min_files training files)."}
+        default=None, metadata={"help": "Comma-separated classes; left out: those with --min_files training files."}
     )
     min_files: int = field(
         default=100, metadata={"help": "Training pieces (all sources together) a composer needs to be a class."}

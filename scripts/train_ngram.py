@@ -34,7 +34,7 @@ class Arguments:
         default_factory=lambda: ["bundled"], metadata={"help": "MIDI sources or token caches (train.py's)."}
     )
     tokenizer: str | None = field(
-        default=None, metadata={"help": "Tokenizer folder or repo id (default: a token cache's, or built)."}
+        default=None, metadata={"help": "Tokenizer folder or repo id; left out: a token cache's, or built."}
     )
     token_cache: bool = field(
         default=True, metadata={"help": "Read pieces from the sources' token caches (--no_token_cache: MIDI)."}

@@ -36,6 +36,19 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+def test_build_tokenizer_pushes_like_train_does(tmp_path):
+    result = run_script("scripts/build_tokenizer.py", "--push_to_hub", "--output_dir", str(tmp_path))
+    assert result.returncode == 2 and "--push_to_hub needs --hub_model_id <user>/<name>" in result.stderr
+
+
+def test_usage_lines_show_the_positional_arguments():
+    assert run_script("scripts/train.py", "--help").stdout.startswith("usage: train.py [PRESET.yaml] [--key value")
+    usage = run_script("scripts/evaluate.py", "--help").stdout
+    assert (
+        usage.startswith("usage: evaluate.py MODEL --classifier CLS") and "evaluate.py --table RESULTS.json" in usage
+    )
+
+
 def test_benchmarks_write_their_json(tmp_path):
     """The benchmark scripts run end to end (their figures are recorded, not asserted)."""
     models = tmp_path / "models.json"
