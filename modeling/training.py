@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -100,6 +101,16 @@ def save_checkpoint(
 def read_trainer_state(path: str | Path) -> dict:
     """The shared state a checkpoint was saved with (step, tokens, world size, ...)."""
     return json.loads((Path(path) / TRAINER_STATE).read_text())
+
+
+def training_speed(output_dir: str | Path) -> float | None:
+    """Median training tokens/s that a run logged in its `metrics.jsonl` (None without one)."""
+    path = Path(output_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    lines = map(json.loads, path.read_text().splitlines())
+    speeds = [line["train/tokens_per_second"] for line in lines if "train/tokens_per_second" in line]
+    return statistics.median(speeds) if speeds else None
 
 
 def load_checkpoint(accelerator: Accelerator, path: str | Path) -> tuple[dict, dict]:

@@ -48,7 +48,7 @@ from transformers import HfArgumentParser
 import modeling
 from modeling.compact import save_compact
 from modeling.ngram import CONFIG_NAME as NGRAM_CONFIG
-from modeling.training import list_checkpoints, read_trainer_state
+from modeling.training import read_trainer_state, resolve_checkpoint, training_speed
 from tokenization import split_names
 from tokenization.cache import is_token_cache
 
@@ -149,26 +149,23 @@ class Jobs:
         self.running.append(process)
         return process
 
-    def wait(self, started: dict[str, subprocess.Popen]) -> dict[str, int]:
-        """Exit status per job (the launcher's), once every process of every group has ended."""
-        codes = {}
+    def wait(self, started: dict[str, subprocess.Popen]) -> None:
+        """Until every process of every group has ended; says how each job (its launcher) ended."""
         for name, process in started.items():
-            codes[name] = process.wait()
+            code = process.wait()
             while group_alive(process.pid):
                 time.sleep(0.5)
             self.running.remove(process)
-            state = "done" if codes[name] == 0 else f"failed (exit status {codes[name]}, see logs/{name}.log)"
+            state = "done" if code == 0 else f"failed (exit status {code}, see logs/{name}.log)"
             print(f"{time.strftime('%H:%M:%S')} {name}: {state}", flush=True)
-        return codes
 
-    def run(self, commands: dict[str, list[str]], parallel: bool) -> dict[str, int]:
+    def run(self, commands: dict[str, list[str]], parallel: bool) -> None:
         if parallel:
-            return self.wait({name: self.start(name, command) for name, command in commands.items()})
-        codes = {}
+            self.wait({name: self.start(name, command) for name, command in commands.items()})
+            return
         for name, command in commands.items():
             if not self.signal:
-                codes |= self.wait({name: self.start(name, command)})
-        return codes
+                self.wait({name: self.start(name, command)})
 
 
 def group_alive(group: int) -> bool:
@@ -269,10 +266,15 @@ def train_command(args: Arguments, out: Path, family: str, seconds: float) -> li
     )
 
 
+def last_state(folder: Path) -> dict:
+    """The trainer state of a run's newest checkpoint (empty before its first)."""
+    checkpoint = resolve_checkpoint(folder, "latest")
+    return read_trainer_state(checkpoint) if checkpoint else {}
+
+
 def complete(folder: Path) -> bool:
     """Whether a training run reached its last step (and so exported its model)."""
-    checkpoints = list_checkpoints(folder)
-    state = read_trainer_state(checkpoints[-1]) if checkpoints else {}
+    state = last_state(folder)
     return "max_steps" in state and state["step"] >= state["max_steps"]
 
 
@@ -293,17 +295,19 @@ def train(args: Arguments, jobs: Jobs, out: Path) -> dict[str, float]:
     return seconds
 
 
+def evaluate_command(args: Arguments, model: Path, result: Path, *flags: str) -> list[str]:
+    """evaluate.py on the source's test split, its results in `result`."""
+    device = ["--device", args.device] if args.device else []
+    command = [sys.executable, "scripts/evaluate.py", str(model), "--source", args.source, "--json", str(result)]
+    return [*command, *flags, *device, *shlex.split(args.eval_args)]
+
+
 def evaluate_commands(args: Arguments, out: Path, names: list[str]) -> dict[str, list[str]]:
-    """evaluate.py for each trained model or baseline folder whose results are not there yet."""
-    scales = [f"{s:g}" for s in args.guidance_scales]
+    """The full evaluation of each trained model or baseline folder whose results are not there yet."""
+    flags = ["--classifier", str(out / "judge"), "--seed", str(args.seed), "--num_samples", str(args.num_samples)]
+    flags += ["--length", str(args.length), "--guidance_scales", *(f"{s:g}" for s in args.guidance_scales)]
     return {
-        f"evaluate-{name}": [
-            *(sys.executable, "scripts/evaluate.py", str(out / name), "--classifier", str(out / "judge")),
-            *("--source", args.source, "--json", str(out / "eval" / f"{name}.json"), "--seed", str(args.seed)),
-            *("--num_samples", str(args.num_samples), "--length", str(args.length), "--guidance_scales", *scales),
-            *(["--device", args.device] if args.device else []),
-            *shlex.split(args.eval_args),
-        ]
+        f"evaluate-{name}": evaluate_command(args, out / name, out / "eval" / f"{name}.json", *flags)
         for name in names
         if model_file(out / name) and not up_to_date(out / "eval" / f"{name}.json", out / name)
     }
@@ -325,12 +329,9 @@ def bundle(args: Arguments, jobs: Jobs, out: Path, families: list[str]) -> dict[
     sizes = {f: save_compact(out / f, copy) for f, copy in copies.items()}
     jobs.run(
         {
-            f"likelihood-{f}-compact": [
-                *(sys.executable, "scripts/evaluate.py", str(copy), "--likelihood_only", "--source", args.source),
-                *("--json", str(out / "eval" / f"{f}-compact.json")),
-                *(["--device", args.device] if args.device else []),
-                *shlex.split(args.eval_args),
-            ]
+            f"likelihood-{f}-compact": evaluate_command(
+                args, copy, out / "eval" / f"{f}-compact.json", "--likelihood_only"
+            )
             for f, copy in copies.items()
             if not up_to_date(out / "eval" / f"{f}-compact.json", out / f)
         },
@@ -354,16 +355,13 @@ def read_json(path: Path) -> dict | None:
 
 def run_summary(folder: Path) -> dict:
     """What a training run did: tokens, steps, why it stopped, its median speed."""
-    checkpoints = list_checkpoints(folder)
-    state = read_trainer_state(checkpoints[-1]) if checkpoints else {}
-    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    speeds = [line["train/tokens_per_second"] for line in lines if "train/tokens_per_second" in line]
+    state = last_state(folder)
     return {
         "tokens": state.get("tokens"),
         "steps": state.get("step"),
         "max_steps": state.get("max_steps"),
         "stopped_by": state.get("stopped_by"),
-        "tokens_per_second_median": statistics.median(speeds) if speeds else None,
+        "tokens_per_second_median": training_speed(folder),
     }
 
 

@@ -27,7 +27,6 @@ README's comparison table from several JSON files.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from collections import Counter
@@ -52,7 +51,7 @@ from evaluation import POSITIONS, bootstrap_interval, identification, identifica
 from modeling.ngram import CONFIG_NAME as NGRAM_CONFIG
 from modeling.ngram import NGramModel
 from modeling.pipeline_midi_generation import GrammarLogitsProcessor
-from modeling.training import evaluate, nll_summary, rank_labels
+from modeling.training import evaluate, nll_summary, rank_labels, training_speed
 from tokenization import (
     BlockCollator,
     MusicGrammar,
@@ -222,19 +221,6 @@ class Evaluated:
         )
         generator = torch.Generator().manual_seed(args.seed)
         return self.ngram.generate(prompts, args.length, self.tokenizer.eos_token_id, processors, generator)
-
-
-def training_speed(name: str) -> float | None:
-    """Median training tokens/s logged in the model folder's `metrics.jsonl`, if it has one."""
-    path = Path(name) / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    speeds = [
-        line["train/tokens_per_second"]
-        for line in map(json.loads, path.read_text().splitlines())
-        if "train/tokens_per_second" in line
-    ]
-    return statistics.median(speeds) if speeds else None
 
 
 class Judge:

@@ -18,7 +18,8 @@ LINKED = ("modeling", "tokenization", "evaluation", "model_cards", "scripts", "a
 
 
 def test_the_readme_marks_its_runnable_snippets():
-    assert [language for language, _ in SNIPPETS].count("python") >= 3 and ("bash", SNIPPETS[0][1]) in SNIPPETS
+    languages = [language for language, _ in SNIPPETS]
+    assert languages.count("python") >= 3 and "bash" in languages  # a lost marker would drop a snippet
 
 
 @pytest.fixture
