@@ -101,6 +101,7 @@ class MusicVocabulary:
         prefix = "Composer_"
         self.conditions = {token.removeprefix(prefix): i for token, i in description["condition_tokens"].items()}
         self.unknown = description["unknown_composer"]
+        self.training_pieces: dict[str, int] = description.get("training_pieces", {})  # per composer, if recorded
         self._lookup = {name_key(name): name for name in self.conditions}
         for alias, name in description["composer_aliases"].items():
             if name in self.conditions:
@@ -121,7 +122,7 @@ class MusicVocabulary:
         if name is None:
             raise ValueError(
                 f"unknown composer {composer!r}: this model knows {', '.join(self.composers) or 'none'} "
-                "(or None for no composer)"
+                f"(or None or {self.unknown!r} for no composer)"
             )
         return self.conditions[name]
 

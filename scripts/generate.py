@@ -3,6 +3,7 @@
     python scripts/generate.py --length 2000 --composers "Mozart, Bach, Beethoven, Chopin, Liszt"
     python scripts/generate.py --model mamba --composers "Bach" --num-samples 4 --plot --render wav
     python scripts/generate.py --model outputs/xlstm-small --prompt theme.mid --guidance-scale 2
+    python scripts/generate.py --list-composers
 
 `--model` is a family name (the model a preset trained into `outputs/<family>-small`, else the
 bundled model of that family), a model folder, or a Hub repo id; without it the bundled GPT-2
@@ -24,6 +25,8 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import HfArgumentParser, pipeline
 
 import modeling
+from model_cards import WELL_TRAINED
+from modeling.pipeline_midi_generation import MusicVocabulary
 
 SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"  # Debian/Ubuntu's fluid-soundfont-gm
 FAMILY_OF_MODEL_TYPE = {config.model_type: family for family, config in modeling.presets.CONFIG_CLASSES.items()}
@@ -36,7 +39,13 @@ class Arguments:
         default=None,
         metadata={"help": "transformer, mamba, xlstm, a model folder or a Hub repo id; left out: the bundled model."},
     )
-    composers: str = field(default="Bach, Mozart, Beethoven, Chopin", metadata={"help": "Comma-separated names."})
+    composers: str = field(
+        default="Bach, Mozart, Beethoven, Chopin",
+        metadata={"help": "Comma-separated names (see --list-composers); Unknown: no composer."},
+    )
+    list_composers: bool = field(
+        default=False, metadata={"help": "Print the model's composers with their training pieces, then exit."}
+    )
     length: int = field(default=1024, metadata={"help": "Tokens to generate per sample."})
     num_samples: int = field(default=1, metadata={"help": "Samples per composer."})
     out: str = field(default="outputs/generated", metadata={"help": "Output folder."})
@@ -107,6 +116,21 @@ def resolve_model(name: str | None) -> tuple[str, str]:
     return name, name.split("/")[1]
 
 
+def print_composers(model: str, vocabulary: MusicVocabulary) -> None:
+    """The composers a model has tokens for, most training pieces first: the ones worth asking for."""
+    pieces = vocabulary.training_pieces
+    names = sorted(vocabulary.composers, key=lambda name: (-pieces.get(name, 0), name))
+    print(f"{len(names)} composers of {model}, with their training pieces (most first):")
+    for name in names:
+        print(f"  {name:<24} {pieces.get(name, 0) if pieces else '?':>6}")
+    if not pieces:
+        print("(this model's tokenizer does not record its training pieces)")
+    print(
+        f"Composers with fewer than {WELL_TRAINED} pieces are barely learned. "
+        f"--composers {vocabulary.unknown} asks for no composer ({pieces.get(vocabulary.unknown, '?')} pieces)."
+    )
+
+
 def check_render(args: Arguments) -> None:
     if args.render not in (None, "wav"):
         raise ValueError(f"--render {args.render}: only wav is supported")
@@ -155,32 +179,42 @@ def main(argv: list[str] | None = None) -> list[dict]:
             raise ValueError("--composers needs at least one name, --length and --num-samples positive numbers")
         check_render(args)
         model, model_name = resolve_model(args.model)
-        generator = pipeline(
-            "midi-generation", model=model, pipeline_class=modeling.MidiGenerationPipeline, device=args.device
-        )
-        started = time.perf_counter()
-        results = generator(
-            composer=composers,
-            num_return_sequences=args.num_samples,
-            max_new_tokens=args.length,
-            min_new_tokens=0 if args.allow_early_end else args.length,
-            prompt=args.prompt,
-            guidance_scale=args.guidance_scale,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            seed=args.seed,
-            progress_bar=True,
-        )
+        if args.list_composers:
+            vocabulary = MusicVocabulary(model)  # the tokenizer alone: no model to load
+        else:
+            started = time.perf_counter()
+            results = generate(args, model, composers)
     except (ValueError, OSError) as error:  # OSError: a missing file, or a Hub repo that cannot be reached
         message = str(error).splitlines()[0]
         if "couldn't connect" in message:
             message = f"--model {args.model}: not a folder here, and the Hub cannot be reached (offline?)"
         parser.error(message)
+    if args.list_composers:
+        print_composers(model, vocabulary)
+        return []
     seconds = time.perf_counter() - started
     rows = write_samples(results, args, Path(args.out) / model_name)
     print_summary(rows, generated=sum(r["new_tokens"] for r in rows), seconds=seconds)
     return rows
+
+
+def generate(args: Arguments, model: str, composers: list[str]) -> list[dict]:
+    generator = pipeline(
+        "midi-generation", model=model, pipeline_class=modeling.MidiGenerationPipeline, device=args.device
+    )
+    return generator(
+        composer=composers,
+        num_return_sequences=args.num_samples,
+        max_new_tokens=args.length,
+        min_new_tokens=0 if args.allow_early_end else args.length,
+        prompt=args.prompt,
+        guidance_scale=args.guidance_scale,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        progress_bar=True,
+    )
 
 
 def write_samples(results: list[dict], args: Arguments, folder: Path) -> list[dict]:

@@ -304,3 +304,28 @@ def test_the_bundled_model_is_small_and_generates_music():
     assert generator.model.dtype == torch.float32  # stored in float16, run in float32 on CPU
     pitches = [note.pitch for track in piece["score"].tracks for note in track.notes]
     assert len(pitches) >= 10 and 21 <= min(pitches) <= max(pitches) <= 108  # piano range
+
+
+def test_cli_lists_the_composers_with_their_training_pieces(capsys):
+    assert load_script("generate").main(["--list-composers"]) == []
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("140 composers of ") and lines[0].endswith("(most first):")
+    assert lines[1].split() == ["bach", "895"] and lines[2].split() == ["scarlatti", "596"]
+    assert lines[-1] == (
+        "Composers with fewer than 100 pieces are barely learned. --composers Unknown asks for no composer "
+        "(660 pieces)."
+    )
+
+
+def test_cli_says_when_a_model_does_not_record_its_training_pieces(folders, capsys):
+    load_script("generate").main(["--model", str(folders["mamba"]), "--list-composers"])
+    out = capsys.readouterr().out
+    assert "  bach                          ?" in out and "does not record its training pieces" in out
+
+
+def test_cli_generates_without_a_composer(folders, tmp_path):
+    [row] = load_script("generate").main(
+        ["--model", str(folders["transformer"]), "--composers", "Unknown", "--length", "24", "--out", str(tmp_path)]
+    )
+    assert row["composer"] == "Unknown" and row["new_tokens"] == 24
+    assert symusic.Score(row["file"]).note_num() > 0

@@ -2,13 +2,14 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import miditok
 import pytest
 import symusic
 
-from tokenization import InvalidMidiError, MusicTokenizer, list_midi_files, load_score
+from tokenization import InvalidMidiError, MusicTokenizer, list_midi_files, load_score, split_of, tokenizer_for_sources
 from tokenization.stats import round_trip
 
 
@@ -164,3 +165,14 @@ def test_mistyped_folder_is_not_sent_to_the_hub(tmp_path):
 
 def test_decoding_nothing_gives_an_empty_score(tokenizer):
     assert tokenizer.decode([tokenizer.bos_token_id, tokenizer.composer_token_id("bach")]).note_num() == 0
+
+
+def test_a_tokenizer_records_its_training_pieces_per_composer(tmp_path):
+    tokenizer = tokenizer_for_sources(["bundled"])
+    train = [f for f in list_midi_files("bundled") if split_of(f.path) == "train"]
+    assert tokenizer.training_pieces == dict(Counter(f.composer for f in train))
+    fingerprint = tokenizer.fingerprint()
+    tokenizer.training_pieces["bach"] += 1  # a count is not part of the ids
+    assert tokenizer.fingerprint() == fingerprint
+    tokenizer.save_pretrained(tmp_path)
+    assert MusicTokenizer.from_pretrained(tmp_path).training_pieces == tokenizer.training_pieces

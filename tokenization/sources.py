@@ -19,6 +19,7 @@ import hashlib
 import itertools
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,9 +211,11 @@ def interleave(
 
 def tokenizer_for_sources(uris: list[str], bpe_vocab_size: int = 0, bpe_max_files: int = 2000) -> MusicTokenizer:
     """A new tokenizer with a condition token for every label in `uris` (all splits, so a
-    composer seen only in validation still has one) and, if `bpe_vocab_size`, BPE learned
-    on up to `bpe_max_files` training files."""
-    tokenizer = MusicTokenizer(composers={f.composer for uri in uris for f in list_midi_files(uri)})
+    composer seen only in validation still has one), the training files per composer, and, if
+    `bpe_vocab_size`, BPE learned on up to `bpe_max_files` training files."""
+    files = [f for uri in uris for f in list_midi_files(uri)]
+    tokenizer = MusicTokenizer(composers={f.composer for f in files})
+    tokenizer.training_pieces = dict(Counter(f.composer for f in files if split_of(f.path) == "train"))
     if bpe_vocab_size:
         rows = itertools.islice(mix_sources(uris, split="train"), bpe_max_files)
         tokenizer.train_bpe(bpe_vocab_size, (row["midi"] for row in rows))

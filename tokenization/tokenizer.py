@@ -7,9 +7,9 @@ be trained without touching them and that a composer added later just takes the 
 id, so the ids of a trained model never move.
 
 A saved folder holds miditok's `tokenizer.json` (readable by miditok alone) and
-`music_tokenizer.json`, a plain JSON description of the condition tokens and of the
-decoding grammar, so the Hub pipeline can use the folder with nothing but miditok
-installed.
+`music_tokenizer.json`, a plain JSON description of the condition tokens, of how many
+training pieces each composer had (`training_pieces`) and of the decoding grammar, so the
+Hub pipeline can use the folder with nothing but miditok installed.
 """
 
 from __future__ import annotations
@@ -90,6 +90,10 @@ class MusicTokenizer:
                 )
         self._conditions: list[str] = [UNKNOWN]
         self.add_composers(composers)
+        # Training pieces per composer (`Unknown` included) of the data behind the tokenizer, or
+        # behind the model it was saved with: which composer tokens a model has learned well.
+        # Not part of the ids: the fingerprint ignores it.
+        self.training_pieces: dict[str, int] = {}
 
     # ----- vocabulary -----
     @property
@@ -220,6 +224,7 @@ class MusicTokenizer:
             "pad_token_id": self.pad_token_id,
             "unknown_composer": UNKNOWN,
             "condition_tokens": self.condition_token_ids,
+            "training_pieces": dict(sorted(self.training_pieces.items(), key=lambda item: (-item[1], item[0]))),
             "composer_aliases": ALIASES,
             "hyphenated_composers": list(HYPHENATED),
             "grammar": MusicGrammar(self).to_dict(),
@@ -253,6 +258,7 @@ class MusicTokenizer:
         tokenizer = cls(base)
         by_id = sorted(description["condition_tokens"].items(), key=lambda item: item[1])
         tokenizer._conditions = [token.removeprefix(COMPOSER_PREFIX) for token, _ in by_id]
+        tokenizer.training_pieces = description.get("training_pieces", {})
         if by_id[0][1] != tokenizer.base_vocab_size or tokenizer._conditions[0] != UNKNOWN:
             raise ValueError(f"{folder / CONDITIONS_FILE} does not match {folder / BASE_FILE}: rebuild the tokenizer")
         return tokenizer
