@@ -187,14 +187,6 @@ class TrainArguments:
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments)
-CARD_SETTINGS = (
-    "block_size",
-    "condition_every_block",
-    "learning_rate",
-    "max_steps",
-    "condition_dropout",
-    "num_processes",
-)
 
 
 def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainArguments]:
@@ -355,14 +347,7 @@ def eval_batches(tokenizer, data_args: DataArguments, train_args: TrainArguments
 def identification_setup(tokenizer, data_args: DataArguments, config) -> tuple[list, list[str]]:
     """(windows, composers) of likelihood identification: the opening and middle windows of up to
     `identification_max_pieces` validation pieces of each composer with enough training pieces."""
-    counts = composer_counts(
-        data_args.sources,
-        "train",
-        tokenizer,
-        cached=data_args.token_cache,
-        cache_dir=data_args.cache_dir,
-        num_proc=data_args.num_proc,
-    )
+    counts = tokenizer.training_pieces
     composers = sorted(
         name for name, n in counts.items() if n >= data_args.identification_min_files and name in tokenizer.composers
     )
@@ -397,11 +382,42 @@ def build_model(model_args: ModelArguments, tokenizer: MusicTokenizer, overrides
     return model
 
 
-def model_origin(model_args: ModelArguments) -> dict:
-    """What the model card says the training started from."""
-    if model_args.init_from:
-        return {"init_from": model_args.init_from}
-    return {"family": model_args.family, "preset": model_args.preset}
+def training_rows(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    train_args: TrainArguments,
+    accelerator: Accelerator,
+    tokenizer: MusicTokenizer,
+    tokens_per_step: int,
+    max_steps: int,
+) -> dict[str, str]:
+    """The training procedure as the model card's table shows it."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    processes = accelerator.num_processes
+    parallel = accelerator.distributed_type.value
+    base = f"{tokenizer.base_vocab_size:,} REMI" + (" and BPE" if tokenizer.base.is_trained else "")
+    return {
+        "start": f"`{model_args.init_from}`"
+        if model_args.init_from
+        else f"`{model_args.family}-{model_args.preset}` preset, random weights",
+        "hardware": f"{processes} x {device}" + (f" ({parallel})" if processes > 1 else ""),
+        "precision": {"no": "float32"}.get(accelerator.mixed_precision, accelerator.mixed_precision),
+        "batch": (
+            f"{tokens_per_step:,} tokens per step: {train_args.per_device_train_batch_size} blocks of "
+            f"{data_args.block_size} x {train_args.gradient_accumulation_steps} accumulation x "
+            f"{processes} process{'es' if processes > 1 else ''}"
+        ),
+        "schedule": (
+            f"{max_steps:,} steps; AdamW, learning rate {train_args.learning_rate:g}, {train_args.warmup_steps} "
+            f"warm-up steps then {train_args.lr_scheduler_type}, weight decay {train_args.weight_decay:g}"
+        ),
+        "conditioning": (
+            f"composer token at the head of {'every block' if data_args.condition_every_block else 'each piece'}; "
+            f"`Composer_Unknown` instead for {data_args.condition_dropout:.0%} of them"
+        ),
+        "tokenizer": f"miditok, {base} tokens + {len(tokenizer.composers) + 1} composer tokens",
+        "seed": str(train_args.seed),
+    }
 
 
 def build_optimizer(model: torch.nn.Module, train_args: TrainArguments) -> torch.optim.AdamW:
@@ -423,7 +439,7 @@ def export(accelerator, model, tokenizer, output_dir: Path, card_fields: dict) -
             model=unwrapped, device=unwrapped.device, music_tokenizer=output_dir
         )
         generator.save_pretrained(output_dir, state_dict=state_dict)  # weights, model and pipeline code
-        card = model_card(unwrapped.config, conditions=tokenizer.composers, **card_fields)
+        card = model_card(unwrapped.config, tokenizer, **card_fields)
         card.save(output_dir / "README.md")
     accelerator.wait_for_everyone()
 
@@ -504,6 +520,15 @@ def main(argv: list[str] | None = None) -> None:
         with accelerator.main_process_first():  # the main process builds what is missing, the others then open it
             for source in data_args.sources:
                 TokenCache.for_source(source, tokenizer, data_args.cache_dir, data_args.num_proc)
+    counts = composer_counts(
+        data_args.sources,
+        "train",
+        tokenizer,
+        cached=data_args.token_cache,
+        cache_dir=data_args.cache_dir,
+        num_proc=data_args.num_proc,
+    )
+    tokenizer.training_pieces = dict(counts)  # saved with the model: which composers it learned from much data
 
     tokens_per_step = (
         data_args.block_size
@@ -529,7 +554,7 @@ def main(argv: list[str] | None = None) -> None:
     evaluation, notes = eval_batches(tokenizer, data_args, train_args, accelerator)
     windows, composers = identification_setup(tokenizer, data_args, accelerator.unwrap_model(model).config)
 
-    state = {"tokens": 0, "step": 0, "model": model_name}
+    state = {"tokens": 0, "step": 0, "seconds": 0.0, "model": model_name}
     if checkpoint is not None:
         state, rank_state = load_checkpoint(accelerator, checkpoint)
         loader.load_state_dict(rank_state["data"])
@@ -551,18 +576,21 @@ def main(argv: list[str] | None = None) -> None:
         "train", config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in run_config.items()}
     )
     card_fields = {
+        "name": train_args.hub_model_id.split("/")[-1] if train_args.hub_model_id else output_dir.resolve().name,
         "sources": data_args.sources,
         "base_model": model_args.init_from,
         "parameters": parameters,
-        "training": model_origin(model_args)
-        | {k: run_config[k] for k in CARD_SETTINGS}
-        | {"tokens_per_step": tokens_per_step},
-        "repo_id": train_args.hub_model_id,
+        "training": training_rows(
+            model_args, data_args, train_args, accelerator, tokenizer, tokens_per_step, max_steps
+        ),
+        "repo_id": train_args.hub_model_id or str(output_dir),
         "license": train_args.license,
+        "metrics": {},
+        "evaluated_on": "nothing yet: the run stopped before its first evaluation",
     }
     uploads = []
 
-    def checkpoint_and_export(step: int, metrics: dict, final: bool) -> None:
+    def checkpoint_and_export(step: int, final: bool) -> None:
         save_checkpoint(
             accelerator,
             output_dir,
@@ -573,13 +601,8 @@ def main(argv: list[str] | None = None) -> None:
             save_extra=tokenizer.save_pretrained,
         )
         if train_args.export_at_checkpoints or final:
-            export(
-                accelerator,
-                model,
-                tokenizer,
-                output_dir,
-                card_fields | {"metrics": metrics, "tokens_trained": state["tokens"]},
-            )
+            card_fields["training"]["training time"] = f"{state['seconds'] / 3600:.2f} h (steps, not evaluation)"
+            export(accelerator, model, tokenizer, output_dir, card_fields | {"tokens_trained": state["tokens"]})
             if train_args.push_to_hub and accelerator.is_main_process:
                 uploads.append(push(output_dir, train_args, f"step {step}"))
 
@@ -609,6 +632,7 @@ def main(argv: list[str] | None = None) -> None:
         state["tokens"] += tokens_per_step
         running_steps += 1
         running_seconds += time.perf_counter() - started
+        state["seconds"] = state.get("seconds", 0.0) + time.perf_counter() - started
         progress.update(1)
         cause = stop.cause()
         final = step == max_steps or cause != 0
@@ -639,11 +663,15 @@ def main(argv: list[str] | None = None) -> None:
                 step,
                 ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "tokens"),
             )
+            card_fields["metrics"] = {k: v for k, v in metrics.items() if k != "tokens"}
+            card_fields["evaluated_on"] = (
+                f"the validation split at step {step} ({metrics['tokens']:,} tokens, {notes:,} notes)"
+            )
         if (train_args.save_steps and step % train_args.save_steps == 0) or final:
             if cause:
                 state["stopped_by"] = f"{stop.describe(cause)} at step {step} of {max_steps}"
-                card_fields["training"]["stopped_by"] = state["stopped_by"]
-            checkpoint_and_export(step, {f"eval_{k}": v for k, v in metrics.items()} | {"step": step}, final)
+                card_fields["training"]["stopped by"] = state["stopped_by"]
+            checkpoint_and_export(step, final)
         if cause:
             logger.warning(
                 "stopped by %s after step %d of %d (%d tokens): checkpoint and export written to %s; continue "

@@ -122,20 +122,28 @@ def test_init_from_fine_tunes_an_exported_model_with_its_tokenizer(two_process_r
         == MusicTokenizer.from_pretrained(exported).fingerprint()
     )
     card = (output_dir / "README.md").read_text()
-    assert f"fine-tuned from `{exported}`" in card and f"| init_from | `{exported}` |" in card
-    assert "| preset |" not in card  # the preset's defaults played no part
+    assert f"fine-tuned from `{exported}`" in card and f"| start | `{exported}` |" in card
+    assert "preset, random weights" not in card  # the preset's defaults played no part
 
 
 def test_export_folder_loads_with_auto_classes_and_has_a_model_card(two_process_run):
     output_dir, _ = two_process_run
     model = AutoModelForCausalLM.from_pretrained(output_dir)
-    tokenizer = MusicTokenizer.from_pretrained(output_dir)
-    assert model.config.vocab_size == len(tokenizer) and model.config.n_layer == 2
+    assert model.config.vocab_size == len(MusicTokenizer.from_pretrained(output_dir)) and model.config.n_layer == 2
     card = ModelCard.load(output_dir / "README.md")
     assert card.data.library_name == "transformers" and card.data.license == "mit"
-    assert "midi-generation" in card.data.tags and "bits_per_note" in card.text
+    assert "midi-generation" in card.data.tags and card.data.model_name == output_dir.name
     final = eval_metrics(output_dir)[-1]
-    assert f"{final['eval/bits_per_token']:.4f}" in card.text  # the card reports the run's own figures
+    # the card reports the run's own figures, in the text and in the Hub's model-index
+    assert f"| bits per token | {round(final['eval/bits_per_token'], 4):g} | bits/token |" in card.text
+    indexed = {result.metric_type: result.metric_value for result in card.data.eval_results}
+    assert indexed["bits_per_token"] == round(final["eval/bits_per_token"], 4)
+    assert "| hardware | 2 x CPU (MULTI_CPU) |" in card.text and "| precision | float32 |" in card.text
+    # and the training pieces per composer the run read, as its tokenizer records them
+    tokenizer = MusicTokenizer.from_pretrained(output_dir)
+    pieces = tokenizer.training_pieces
+    assert pieces == dict(TokenCache.for_source("bundled", tokenizer).composer_counts("train")) and pieces
+    assert f"`{max(pieces, key=pieces.get)}` ({max(pieces.values())})" in card.text
     assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-8", "checkpoint-16"]
     # the pipeline ships too (Hub remote code): generate from the export
     assert "midi-generation" in model.config.custom_pipelines
@@ -208,7 +216,7 @@ def test_sigterm_checkpoints_exports_and_resumes_to_the_same_losses(tmp_path):
     step = int(resolve_checkpoint(stopped, "latest").name.removeprefix("checkpoint-"))
     assert 20 <= step < 300 and f"stopped by SIGTERM after step {step} of 300" in log.read_text()
     assert eval_metrics(stopped) == []  # a pre-empted job has seconds left: no evaluation
-    assert f"| stopped_by | `SIGTERM at step {step} of 300` |" in (stopped / "README.md").read_text()
+    assert f"| stopped by | SIGTERM at step {step} of 300 |" in (stopped / "README.md").read_text()
     assert AutoModelForCausalLM.from_pretrained(stopped).config.n_layer == 2
 
     result = train(*args, "--output_dir", str(stopped), "--resume_from_checkpoint", "latest")
@@ -216,7 +224,7 @@ def test_sigterm_checkpoints_exports_and_resumes_to_the_same_losses(tmp_path):
     # Two runs of GPT-2 from the same start differ by about 1e-7 on a CPU (threaded reductions);
     # another batch, optimizer state or random state would differ by far more.
     assert train_losses(stopped) == pytest.approx(train_losses(tmp_path / "straight"), rel=1e-6, abs=0)
-    assert "stopped_by" not in (stopped / "README.md").read_text()
+    assert "| stopped by |" not in (stopped / "README.md").read_text()
 
 
 def test_a_time_limit_ends_training_with_an_evaluated_export(tmp_path):
