@@ -41,6 +41,16 @@ def token_cache_dir(tmp_path_factory) -> Iterator[Path]:
         yield folder
 
 
+@pytest.fixture
+def clone(tmp_path) -> Path:
+    """A fresh folder laid out like a clone: the project's code and data, and the virtual
+    environment `make` installs, linked in; what a command writes there leaves the checkout alone."""
+    for name in ("modeling", "tokenization", "evaluation", "model_cards", "scripts", "accelerate_configs"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parents[1])
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def tokenizer() -> MusicTokenizer:
     return MusicTokenizer(composers={f.composer for f in list_midi_files("bundled")})

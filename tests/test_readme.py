@@ -1,12 +1,10 @@
 """The README's snippets marked runnable (`<!-- runnable -->` before the code fence) run as
 written, so the README cannot drift from the code. Each runs in a fresh folder laid out like
-a clone (this project's code, data and virtual environment linked in), so what it writes
-lands there and nothing in the checkout changes."""
+a clone (the `clone` fixture), so what it writes lands there and nothing in the checkout changes."""
 
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,20 +12,11 @@ from conftest import ROOT
 
 RUNNABLE = re.compile(r"<!-- runnable -->\n```(bash|python)\n(.*?)\n```", re.DOTALL)
 SNIPPETS = RUNNABLE.findall((ROOT / "README.md").read_text())
-LINKED = ("modeling", "tokenization", "evaluation", "model_cards", "scripts", "accelerate_configs")
 
 
 def test_the_readme_marks_its_runnable_snippets():
     languages = [language for language, _ in SNIPPETS]
     assert languages.count("python") >= 3 and "bash" in languages  # a lost marker would drop a snippet
-
-
-@pytest.fixture
-def clone(tmp_path) -> Path:
-    for name in LINKED:
-        (tmp_path / name).symlink_to(ROOT / name)
-    (tmp_path / ".venv").symlink_to(Path(sys.executable).parents[1])  # the environment `make` installs
-    return tmp_path
 
 
 @pytest.mark.parametrize(("language", "code"), SNIPPETS, ids=[f"{i}-{s[0]}" for i, s in enumerate(SNIPPETS)])
