@@ -5,7 +5,7 @@ VENV ?= .venv
 # PyPI, a CUDA build); TORCH_INDEX picks another index, e.g. PyTorch's CPU-only one.
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
-# Debian's fluid-soundfont-gm: with it and fluidsynth, `make demo` also renders audio.
+# Debian's fluid-soundfont-gm: with it installed, `make demo` also renders audio (in process, no FluidSynth).
 SOUNDFONT ?= /usr/share/sounds/sf2/FluidR3_GM.sf2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -24,11 +24,10 @@ $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# The bundled model writes a piece per composer, with its piano roll (and audio when FluidSynth is there).
+# The bundled model writes a piece per composer, with its piano roll (and audio when the soundfont is there).
 demo: install
 	$(BIN)/python scripts/generate.py --composers "Bach, Mozart, Chopin, Beethoven" --length 768 --plot \
-		--soundfont $(SOUNDFONT) \
-		--out outputs/demo $(if $(and $(shell command -v fluidsynth),$(wildcard $(SOUNDFONT))),--render wav)
+		--out outputs/demo $(if $(wildcard $(SOUNDFONT)),--render wav --soundfont $(SOUNDFONT))
 
 lint: install
 	$(BIN)/ruff check .

@@ -8,27 +8,24 @@
 `--model` is a family name (the model a preset trained into `outputs/<family>-small`, else the
 bundled model of that family), a model folder, or a Hub repo id; without it the bundled GPT-2
 generates. Files go to `<out>/<model>/<composer>/sample_<i>.mid`, with a
-piano roll (`--plot`) and audio (`--render wav`, FluidSynth and a General MIDI soundfont).
+piano roll (`--plot`) and audio (`--render wav`: symusic's synthesizer and a General MIDI soundfont).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import symusic
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import HfArgumentParser, pipeline
 
 import modeling
+from evaluation.rendering import find_soundfont, piano_roll, write_wav
 from model_cards import WELL_TRAINED
 from modeling.pipeline_midi_generation import MusicVocabulary
 
-SOUNDFONT = "/usr/share/sounds/sf2/FluidR3_GM.sf2"  # Debian/Ubuntu's fluid-soundfont-gm
 FAMILY_OF_MODEL_TYPE = {config.model_type: family for family, config in modeling.presets.CONFIG_CLASSES.items()}
 DEFAULT_FAMILY = "transformer"
 
@@ -59,8 +56,14 @@ class Arguments:
         default=False, metadata={"help": "Stop a sample when the model ends the piece, before --length tokens."}
     )
     plot: bool = field(default=False, metadata={"help": "Write a piano-roll PNG beside each sample."})
-    render: str | None = field(default=None, metadata={"help": "wav: render audio with FluidSynth."})
-    soundfont: str = field(default=SOUNDFONT, metadata={"help": "General MIDI soundfont for --render."})
+    render: str | None = field(default=None, metadata={"help": "wav: render audio beside each file."})
+    soundfont: str | None = field(
+        default=None,
+        metadata={
+            "help": "General MIDI soundfont (.sf2/.sf3) for --render; left out: Debian's fluid-soundfont-gm when "
+            "installed, else symusic's MuseScore General (downloaded once)."
+        },
+    )
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ...; left out: cuda if available."})
 
 
@@ -131,43 +134,11 @@ def print_composers(model: str, vocabulary: MusicVocabulary) -> None:
     )
 
 
-def check_render(args: Arguments) -> None:
+def check_render(args: Arguments) -> Path | None:
+    """The soundfont `--render` will use, found before generating (None without --render)."""
     if args.render not in (None, "wav"):
         raise ValueError(f"--render {args.render}: only wav is supported")
-    if args.render and (shutil.which("fluidsynth") is None or not Path(args.soundfont).is_file()):
-        raise ValueError(
-            "--render wav needs FluidSynth and a General MIDI soundfont: install them with "
-            f"`sudo apt-get install fluidsynth fluid-soundfont-gm` (or pass --soundfont FILE.sf2; looked for "
-            f"{args.soundfont})"
-        )
-
-
-def render_wav(midi: Path, soundfont: str) -> Path:
-    wav = midi.with_suffix(".wav")
-    command = ["fluidsynth", "-ni", "-q", "-g", "0.8", "-r", "44100", "-F", str(wav), soundfont, str(midi)]
-    subprocess.run(command, check=True, capture_output=True)
-    return wav
-
-
-def plot_piano_roll(score: symusic.Score, path: Path, title: str) -> None:
-    """All tracks' notes as one pitch-over-time image (sixteenth-note columns)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    roll = score.resample(tpq=4, min_dur=1).pianoroll(modes=["frame"], pitch_range=[0, 128], encode_velocity=True)
-    image = roll[0].max(axis=0)  # [pitch, time]
-    pitches = image.any(axis=1).nonzero()[0]
-    low, high = (max(int(pitches.min()) - 2, 0), min(int(pitches.max()) + 3, 128)) if len(pitches) else (0, 128)
-    figure, axes = plt.subplots(figsize=(max(6.0, min(image.shape[1] / 40, 24.0)), 4))
-    axes.imshow(
-        image[low:high], origin="lower", aspect="auto", cmap="magma", extent=(0, image.shape[1] / 16, low, high)
-    )
-    axes.set(xlabel="bars (4/4)", ylabel="MIDI pitch", title=title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    return find_soundfont(args.soundfont) if args.render else None
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -177,7 +148,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     try:
         if not composers or args.length < 1 or args.num_samples < 1:
             raise ValueError("--composers needs at least one name, --length and --num-samples positive numbers")
-        check_render(args)
+        soundfont = check_render(args)
         model, model_name = resolve_model(args.model)
         if args.list_composers:
             vocabulary = MusicVocabulary(model)  # the tokenizer alone: no model to load
@@ -193,7 +164,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print_composers(model, vocabulary)
         return []
     seconds = time.perf_counter() - started
-    rows = write_samples(results, args, Path(args.out) / model_name)
+    rows = write_samples(results, args, Path(args.out) / model_name, soundfont)
     print_summary(rows, generated=sum(r["new_tokens"] for r in rows), seconds=seconds)
     return rows
 
@@ -217,7 +188,7 @@ def generate(args: Arguments, model: str, composers: list[str]) -> list[dict]:
     )
 
 
-def write_samples(results: list[dict], args: Arguments, folder: Path) -> list[dict]:
+def write_samples(results: list[dict], args: Arguments, folder: Path, soundfont: Path | None) -> list[dict]:
     """Write each result's files; return its summary row."""
     rows = []
     for i, result in enumerate(results):
@@ -226,9 +197,10 @@ def write_samples(results: list[dict], args: Arguments, folder: Path) -> list[di
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(result["midi"])
         if args.plot and result["score"].note_num():
-            plot_piano_roll(result["score"], path.with_suffix(".png"), f"{result['composer']}, sample {sample}")
-        if args.render:
-            render_wav(path, args.soundfont)
+            figure = piano_roll(result["score"], f"{result['composer']}, sample {sample}")
+            figure.savefig(path.with_suffix(".png"), dpi=100)
+        if soundfont is not None:
+            write_wav(result["score"], path.with_suffix(".wav"), soundfont)
         pitches = [note.pitch for track in result["score"].tracks for note in track.notes]
         rows.append(
             {

@@ -52,6 +52,12 @@ def clone(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def soundfont() -> Path:
+    """A small General MIDI soundfont: the one pretty-midi ships (a test dependency), found without importing it."""
+    return Path(importlib.util.find_spec("pretty_midi").origin).parent / "TimGM6mb.sf2"
+
+
+@pytest.fixture(scope="session")
 def tokenizer() -> MusicTokenizer:
     return MusicTokenizer(composers={f.composer for f in list_midi_files("bundled")})
 

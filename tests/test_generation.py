@@ -2,18 +2,19 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 import symusic
 import torch
 from transformers import AutoModelForCausalLM, pipeline
 
 from conftest import load_script
+from evaluation import rendering
 from modeling import FAMILIES, MidiGenerationPipeline, build_config
 from modeling.pipeline_midi_generation import guide
 from tokenization import MusicGrammar
@@ -237,7 +238,7 @@ def test_cli_writes_a_file_per_composer_and_sample(family, folders, tmp_path, ca
     ("argv", "message"),
     [
         (["--composers", "Bach, Elgar"], "unknown composer 'Elgar'"),
-        (["--render", "wav", "--soundfont", "/nonexistent.sf2"], "apt-get install fluidsynth fluid-soundfont-gm"),
+        (["--render", "wav", "--soundfont", "/nonexistent.sf2"], "no soundfont at /nonexistent.sf2: give a .sf2"),
         (["--render", "mp3"], "only wav"),
         (["--length", "0"], "positive"),
         (["--top-p", "2"], "top_p is a probability mass in (0, 1] (2.0)"),
@@ -250,20 +251,26 @@ def test_cli_bad_arguments_fail_with_one_line(argv, message, folders, capsys):
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.skipif(
-    shutil.which("fluidsynth") is None or not Path("/usr/share/sounds/sf2/FluidR3_GM.sf2").is_file(),
-    reason="FluidSynth or the fluid-soundfont-gm soundfont is not installed",
-)
-def test_cli_renders_audio_with_fluidsynth(folders, tmp_path):
-    load_script("generate").main(
+def test_cli_renders_audio_in_process(folders, tmp_path, soundfont):
+    [row] = load_script("generate").main(
         ["--model", str(folders["transformer"]), "--composers", "Bach", "--length", "48", "--out", str(tmp_path)]
-        + ["--render", "wav"]
+        + ["--render", "wav", "--soundfont", str(soundfont)]
     )
-    wav = tmp_path / folders["transformer"].name / "Bach" / "sample_0.wav"
-    with wave.open(str(wav)) as audio:
-        frames = audio.readframes(audio.getnframes())
-        assert audio.getframerate() == 44100 and audio.getnframes() > 44100 // 2
-    assert max(frames) > 0  # not silence
+    with wave.open(str(Path(row["file"]).with_suffix(".wav"))) as audio:
+        samples = np.frombuffer(audio.readframes(audio.getnframes()), dtype=np.int16)
+        assert audio.getframerate() == 44100 and audio.getnchannels() == 2
+        assert audio.getnframes() / 44100 == pytest.approx(row["seconds"], abs=0.1)  # as long as the music
+    assert np.sqrt(np.mean(samples.astype(float) ** 2)) > 100 and np.abs(samples).max() < 32767  # heard, not clipped
+
+
+def test_without_a_soundfont_offline_the_error_says_how_to_get_one(monkeypatch):
+    monkeypatch.setattr(rendering, "DEBIAN_SOUNDFONT", Path("/nonexistent.sf2"))
+    unreachable = symusic.soundfont.Soundfont("none.sf3", "http://127.0.0.1:9/none.sf3", "0")
+    monkeypatch.setattr(symusic.BuiltInSF3, "MuseScoreGeneral", staticmethod(lambda: unreachable))
+    with pytest.raises(FileNotFoundError, match=r"could not download none.sf3 .*offline\?\); install one with"):
+        rendering.find_soundfont()
+    with pytest.raises(FileNotFoundError, match="no soundfont at /nonexistent.sf2"):
+        rendering.find_soundfont("/nonexistent.sf2")
 
 
 def test_cli_family_names_find_a_trained_model_or_say_how_to_get_one(folders, tmp_path, monkeypatch):
