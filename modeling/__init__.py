@@ -12,7 +12,7 @@ from .configuration_music_mamba import MusicMambaConfig
 from .configuration_music_xlstm import MusicXLSTMConfig
 from .modeling_music_mamba import MusicMambaForCausalLM
 from .modeling_music_xlstm import MusicXLSTMForCausalLM
-from .pipeline_midi_generation import MidiGenerationPipeline
+from .pipeline_midi_generation import MidiGenerationPipeline, NoteStreamer
 from .presets import FAMILIES, PRESETS, build_config
 
 for config_class, model_class in (
@@ -30,6 +30,7 @@ PIPELINE_REGISTRY.register_pipeline(
 __all__ = [
     "FAMILIES",
     "MidiGenerationPipeline",
+    "NoteStreamer",
     "PRESETS",
     "MusicMambaConfig",
     "MusicMambaForCausalLM",

@@ -8,14 +8,19 @@ and the decoding grammar (as tables, so nothing here re-derives them).
 Sampling runs its own loop over the model's forward and cache instead of `generate`,
 for two things `generate` cannot do for these models: classifier-free guidance with both
 branches in one batched forward, and a sliding window for models with learned positions
-(GPT-2), so any length works for every family.
+(GPT-2), so any length works for every family. A `NoteStreamer` passed as `streamer=`
+receives the tokens as they are sampled and hands out the notes they complete.
 """
 
 from __future__ import annotations
 
 import json
+import queue
 import re
+import time
 import unicodedata
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +139,97 @@ class MusicVocabulary:
         return self.base.decode(music) if music else symusic.Score(self.base.time_division)
 
 
+class NoteStreamer:
+    """The notes of a pipeline call while it samples, in transformers' streamer convention.
+
+    The pipeline calls `put` with the rows' ids (first the whole prompt, then each step's new
+    tokens) and `end` when it stops. Every `interval` seconds, and at the end, the rows that
+    grew are decoded and the notes they completed since the last look are queued; iterate over
+    the streamer from another thread than the call's (as with `TextIteratorStreamer`) to get
+    `{"row", "notes", "score"}` items: the row (in the call's order of composers and samples),
+    its new notes (`start` and `duration` in quarter notes: a tempo token sampled later can
+    still change a note's seconds; `pitch`, `velocity`, `program`), and the row's whole score so
+    far (for a growing piano roll). Decoding from the start of the
+    row costs a few milliseconds, hence the interval instead of a decode per token. Together,
+    the streamed notes of a row are the notes of its result.
+    """
+
+    def __init__(self, generator: MidiGenerationPipeline, interval: float = 0.1, timeout: float | None = None):
+        self.vocabulary = generator.vocabulary
+        self.interval, self.timeout = interval, timeout
+        self.rows: list[list[int]] = []
+        self.finished: list[bool] = []
+        self.emitted: list[Counter] = []
+        self.grown: set[int] = set()
+        self.last_look = 0.0
+        self.items: queue.Queue = queue.Queue()
+
+    def put(self, value: torch.Tensor) -> None:
+        """The prompt (`[rows, length]`) on the first call, then one new id per row (`[rows]`)."""
+        if not self.rows:
+            self.rows = [list(row) for row in value.tolist()]
+            self.finished = [False] * len(self.rows)
+            self.emitted = [Counter() for _ in self.rows]
+            self.grown = set(range(len(self.rows)))
+        else:
+            for row, token in enumerate(value.tolist()):
+                if not self.finished[row]:
+                    self.rows[row].append(token)
+                    self.finished[row] = token == self.vocabulary.eos_token_id
+                    self.grown.add(row)
+        if time.perf_counter() - self.last_look >= self.interval:
+            self.look()
+
+    def end(self) -> None:
+        self.look()
+        self.items.put(None)
+
+    def look(self) -> None:
+        """Decode the rows that grew and queue the notes they completed."""
+        for row in sorted(self.grown):
+            score = self.vocabulary.decode(self.rows[row])
+            notes = Counter(note_key(track, note) for track in score.tracks for note in track.notes)
+            new = notes - self.emitted[row]
+            if new:
+                self.emitted[row] = notes
+                self.items.put({"row": row, "notes": notes_in_quarters(score, new), "score": score})
+        self.grown.clear()
+        self.last_look = time.perf_counter()
+
+    def __iter__(self) -> NoteStreamer:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        item = self.items.get(timeout=self.timeout)
+        if item is None:
+            raise StopIteration
+        return item
+
+
+def note_key(track, note) -> tuple[int, int, int, int, int]:
+    return note.time, note.duration, note.pitch, note.velocity, track.program
+
+
+def notes_in_quarters(score: symusic.Score, keys: Counter) -> list[dict[str, Any]]:
+    """The notes of `score` named by `keys` (from `note_key`), timed in quarter notes, in order of onset."""
+    wanted, notes = keys.copy(), []
+    for track, timed in zip(score.tracks, score.to("quarter").tracks, strict=True):
+        for note, in_quarters in zip(track.notes, timed.notes, strict=True):
+            key = note_key(track, note)
+            if wanted[key] > 0:
+                wanted[key] -= 1
+                notes.append(
+                    {
+                        "start": in_quarters.time,
+                        "duration": in_quarters.duration,
+                        "pitch": note.pitch,
+                        "velocity": note.velocity,
+                        "program": track.program,
+                    }
+                )
+    return sorted(notes, key=lambda note: (note["start"], note["pitch"]))
+
+
 def read_prompt(prompt: str | Path | bytes | symusic.Score) -> symusic.Score:
     """A MIDI path, MIDI bytes or Score; anything else is an error that says so."""
     if isinstance(prompt, symusic.Score):
@@ -198,6 +294,7 @@ class MidiGenerationPipeline(Pipeline):
         grammar: bool | None = None,
         seed: int | None = None,
         progress_bar: bool | None = None,
+        streamer: NoteStreamer | None = None,
     ) -> tuple[dict, dict, dict]:
         preprocess = {} if num_return_sequences is None else {"num_return_sequences": num_return_sequences}
         given = {
@@ -210,6 +307,7 @@ class MidiGenerationPipeline(Pipeline):
             "grammar": grammar,
             "seed": seed,
             "progress_bar": progress_bar,
+            "streamer": streamer,
         }
         return preprocess, {k: v for k, v in given.items() if v is not None}, {}
 
@@ -234,25 +332,46 @@ class MidiGenerationPipeline(Pipeline):
         grammar: bool = True,
         seed: int | None = None,
         progress_bar: bool = False,
+        streamer: NoteStreamer | None = None,
     ) -> dict[str, Any]:
-        if max_new_tokens < 1 or temperature <= 0:
-            raise ValueError(f"max_new_tokens ({max_new_tokens}) and temperature ({temperature}) must be positive")
-        if not 0 < top_p <= 1 or top_k < 0:
-            raise ValueError(f"top_p is a probability mass in (0, 1] ({top_p}) and top_k a count >= 0 ({top_k})")
-        min_new_tokens = max_new_tokens if min_new_tokens is None else min_new_tokens
-        tokens = model_inputs["input_ids"]
+        try:  # the stream ends however the call does: whoever iterates it must not wait forever
+            if max_new_tokens < 1 or temperature <= 0:
+                raise ValueError(f"max_new_tokens ({max_new_tokens}) and temperature ({temperature}) must be positive")
+            if not 0 < top_p <= 1 or top_k < 0:
+                raise ValueError(f"top_p is a probability mass in (0, 1] ({top_p}) and top_k a count >= 0 ({top_k})")
+            min_new_tokens = max_new_tokens if min_new_tokens is None else min_new_tokens
+            prompts = model_inputs["input_ids"]
+            processors = self._processors(prompts.shape[1], min_new_tokens, temperature, top_k, top_p, grammar)
+            generator = torch.Generator(self.device)
+            generator.manual_seed(seed) if seed is not None else generator.seed()
+            steps = tqdm(range(max_new_tokens), desc="generating", unit="token", disable=not progress_bar)
+            tokens = self._sample(prompts, steps, processors, generator, guidance_scale, streamer)
+        finally:
+            if streamer is not None:
+                streamer.end()
+        return {"tokens": tokens, "composers": model_inputs["composers"], "prompt_length": prompts.shape[1]}
+
+    def _sample(
+        self,
+        prompts: torch.Tensor,
+        steps: Iterable,
+        processors: LogitsProcessorList,
+        generator: torch.Generator,
+        guidance_scale: float,
+        streamer: NoteStreamer | None,
+    ) -> torch.Tensor:
+        """The sampling loop: the prompts with their new tokens, row by row."""
+        rows, tokens = len(prompts), prompts
         guided = guidance_scale != 1.0
         if guided:  # the unconditional branch: the same rows with Composer_Unknown, batched after them
             unconditional = tokens.clone()
             unconditional[:, 1] = self.vocabulary.conditions[self.vocabulary.unknown]
             tokens = torch.cat([tokens, unconditional])
-        processors = self._processors(tokens.shape[1], min_new_tokens, temperature, top_k, top_p, grammar)
-        generator = torch.Generator(self.device)
-        generator.manual_seed(seed) if seed is not None else generator.seed()
-        rows = len(model_inputs["composers"])
         done = torch.zeros(rows, dtype=torch.bool, device=self.device)
+        if streamer is not None:
+            streamer.put(prompts.cpu())
         cache, step_ids, context = None, tokens, tokens.shape[1]
-        for _ in tqdm(range(max_new_tokens), desc="generating", unit="token", disable=not progress_bar):
+        for _ in steps:
             if self.window is not None and context > self.window:  # context: the cache after this forward
                 step_ids = self._window_ids(tokens)  # prefill again on the newest tokens
                 cache, context = None, step_ids.shape[1]
@@ -264,10 +383,11 @@ class MidiGenerationPipeline(Pipeline):
             next_ids = next_ids.masked_fill(done, self.vocabulary.eos_token_id)  # finished rows: cut off later
             step_ids = (torch.cat([next_ids, next_ids]) if guided else next_ids)[:, None]
             tokens, context = torch.cat([tokens, step_ids], dim=1), context + 1
+            if streamer is not None:
+                streamer.put(next_ids.cpu())
             if done.all():
                 break
-        prompt_length = model_inputs["input_ids"].shape[1]
-        return {"tokens": tokens[:rows], "composers": model_inputs["composers"], "prompt_length": prompt_length}
+        return tokens[:rows]
 
     def _processors(
         self, start: int, min_new_tokens: int, temperature: float, top_k: int, top_p: float, grammar: bool

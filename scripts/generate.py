@@ -4,6 +4,7 @@
     python scripts/generate.py --model mamba --composers "Bach" --num-samples 4 --plot --render wav
     python scripts/generate.py --model outputs/xlstm-small --prompt theme.mid --guidance-scale 2
     python scripts/generate.py --list-composers
+    python scripts/generate.py --composers Chopin --stream
 
 `--model` is a family name (the model a preset trained into `outputs/<family>-small`, else the
 bundled model of that family), a model folder, or a Hub repo id; without it the bundled GPT-2
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from evaluation.rendering import find_soundfont, piano_roll, write_wav
 from model_cards import WELL_TRAINED
 from modeling.pipeline_midi_generation import MusicVocabulary
 
+PITCH_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 FAMILY_OF_MODEL_TYPE = {config.model_type: family for family, config in modeling.presets.CONFIG_CLASSES.items()}
 DEFAULT_FAMILY = "transformer"
 
@@ -55,6 +58,7 @@ class Arguments:
     allow_early_end: bool = field(
         default=False, metadata={"help": "Stop a sample when the model ends the piece, before --length tokens."}
     )
+    stream: bool = field(default=False, metadata={"help": "Print each note as soon as it is generated."})
     plot: bool = field(default=False, metadata={"help": "Write a piano-roll PNG beside each sample."})
     render: str | None = field(default=None, metadata={"help": "wav: render audio beside each file."})
     soundfont: str | None = field(
@@ -170,22 +174,38 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def generate(args: Arguments, model: str, composers: list[str]) -> list[dict]:
+    """All samples in one pipeline call; with --stream, the call runs in a thread and this one
+    prints the notes as they come."""
     generator = pipeline(
         "midi-generation", model=model, pipeline_class=modeling.MidiGenerationPipeline, device=args.device
     )
-    return generator(
-        composer=composers,
-        num_return_sequences=args.num_samples,
-        max_new_tokens=args.length,
-        min_new_tokens=0 if args.allow_early_end else args.length,
-        prompt=args.prompt,
-        guidance_scale=args.guidance_scale,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        progress_bar=True,
-    )
+    settings = {
+        "composer": composers,
+        "num_return_sequences": args.num_samples,
+        "max_new_tokens": args.length,
+        "min_new_tokens": 0 if args.allow_early_end else args.length,
+        "prompt": args.prompt,
+        "guidance_scale": args.guidance_scale,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "progress_bar": not args.stream,
+    }
+    if not args.stream:
+        return generator(**settings)
+    streamer = modeling.NoteStreamer(generator)
+    with ThreadPoolExecutor(1) as pool:
+        call = pool.submit(generator, **settings, streamer=streamer)
+        for item in streamer:
+            composer, sample = composers[item["row"] // args.num_samples], item["row"] % args.num_samples
+            for note in item["notes"]:
+                name = f"{PITCH_NAMES[note['pitch'] % 12]}{note['pitch'] // 12 - 1}"
+                print(
+                    f"{composer:<12} {sample:>2}  beat {note['start']:7.2f}  {name:<4} ({note['pitch']:3d})  "
+                    f"{note['duration']:.2f} beats  velocity {note['velocity']}"
+                )
+        return call.result()
 
 
 def write_samples(results: list[dict], args: Arguments, folder: Path, soundfont: Path | None) -> list[dict]:

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import wave
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from transformers import AutoModelForCausalLM, pipeline
 
 from conftest import load_script
 from evaluation import rendering
-from modeling import FAMILIES, MidiGenerationPipeline, build_config
+from modeling import FAMILIES, MidiGenerationPipeline, NoteStreamer, build_config
 from modeling.pipeline_midi_generation import guide
 from tokenization import MusicGrammar
 
@@ -336,3 +337,42 @@ def test_cli_generates_without_a_composer(folders, tmp_path):
     )
     assert row["composer"] == "Unknown" and row["new_tokens"] == 24
     assert symusic.Score(row["file"]).note_num() > 0
+
+
+@pytest.mark.parametrize("family", ["transformer", "mamba"])
+def test_streamed_notes_are_the_notes_of_the_result_and_come_while_it_samples(family, generators):
+    generator = generators[family]
+    call = {"composer": ["Bach", "Chopin"], "max_new_tokens": 80, "seed": 5, "guidance_scale": 2.0}
+    streamer, results = NoteStreamer(generator, interval=0.0, timeout=60), []
+    thread = threading.Thread(target=lambda: results.extend(generator(**call, streamer=streamer)))
+    thread.start()
+    items = list(streamer)
+    thread.join()
+    for row, result in enumerate(generator(**call)):  # the same call without a streamer
+        streamed = [note for item in items if item["row"] == row for note in item["notes"]]
+        quarters = result["score"].to("quarter")
+        expected = sorted(
+            (note.pitch, round(note.time, 6), round(note.duration, 6))
+            for track in quarters.tracks
+            for note in track.notes
+        )
+        assert sorted((n["pitch"], round(n["start"], 6), round(n["duration"], 6)) for n in streamed) == expected
+        assert sum(item["row"] == row for item in items) > 3  # note by note, not all at the end
+        assert [item for item in items if item["row"] == row][-1]["score"].note_num() == len(expected)
+    assert [r["tokens"] for r in results] == [r["tokens"] for r in generator(**call)]
+
+
+def test_a_failing_call_ends_its_stream(generators):
+    streamer = NoteStreamer(generators["transformer"], timeout=60)
+    with pytest.raises(ValueError, match="top_p"):
+        generators["transformer"]("Bach", max_new_tokens=8, top_p=2.0, streamer=streamer)
+    assert list(streamer) == []
+
+
+def test_cli_streams_every_note_as_a_line(folders, tmp_path, capsys):
+    [row] = load_script("generate").main(
+        ["--model", str(folders["transformer"]), "--composers", "Bach", "--length", "40", "--stream"]
+        + ["--out", str(tmp_path), "--seed", "2"]
+    )
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Bach ")]
+    assert len(lines) == row["notes"] > 0 and " beat " in lines[0] and "velocity" in lines[0]
