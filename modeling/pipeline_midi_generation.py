@@ -8,7 +8,9 @@ and the decoding grammar (as tables, so nothing here re-derives them).
 Sampling runs its own loop over the model's forward and cache instead of `generate`,
 for two things `generate` cannot do for these models: classifier-free guidance with both
 branches in one batched forward, and a sliding window for models with learned positions
-(GPT-2), so any length works for every family. A `NoteStreamer` passed as `streamer=`
+(GPT-2), so any length works for every family. For GPT-2, a long call keeps its keys and
+values in a `StaticCache` sized to the call: transformers' `DynamicCache` concatenates the
+whole cache at every step, which grows with the context. A `NoteStreamer` passed as `streamer=`
 receives the tokens as they are sampled and hands out the notes they complete.
 """
 
@@ -33,6 +35,7 @@ from transformers import (
     LogitsProcessorList,
     MinNewTokensLengthLogitsProcessor,
     Pipeline,
+    StaticCache,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
@@ -42,6 +45,10 @@ from transformers.utils import cached_file
 MIDI_FILE = "tokenizer.json"
 CONDITIONS_FILE = "music_tokenizer.json"
 WORD_MARKER = "\u2581"  # miditok's BPE word marker: an id that stands for no token
+# From this many tokens of context (prompt and new tokens, up to the window) a static cache is
+# faster on a CPU than the dynamic one (measured with the bundled GPT-2: 18 vs 20 ms per step
+# at 1,024 tokens and batch 4, 24 vs 44 at 2,000; below, the dynamic cache is faster).
+STATIC_CACHE_FROM = 1024
 
 
 def name_key(name: str) -> str:
@@ -295,6 +302,7 @@ class MidiGenerationPipeline(Pipeline):
         seed: int | None = None,
         progress_bar: bool | None = None,
         streamer: NoteStreamer | None = None,
+        static_cache: bool | None = None,
     ) -> tuple[dict, dict, dict]:
         preprocess = {} if num_return_sequences is None else {"num_return_sequences": num_return_sequences}
         given = {
@@ -308,6 +316,7 @@ class MidiGenerationPipeline(Pipeline):
             "seed": seed,
             "progress_bar": progress_bar,
             "streamer": streamer,
+            "static_cache": static_cache,
         }
         return preprocess, {k: v for k, v in given.items() if v is not None}, {}
 
@@ -333,6 +342,7 @@ class MidiGenerationPipeline(Pipeline):
         seed: int | None = None,
         progress_bar: bool = False,
         streamer: NoteStreamer | None = None,
+        static_cache: bool | None = None,
     ) -> dict[str, Any]:
         try:  # the stream ends however the call does: whoever iterates it must not wait forever
             if max_new_tokens < 1 or temperature <= 0:
@@ -344,8 +354,12 @@ class MidiGenerationPipeline(Pipeline):
             processors = self._processors(prompts.shape[1], min_new_tokens, temperature, top_k, top_p, grammar)
             generator = torch.Generator(self.device)
             generator.manual_seed(seed) if seed is not None else generator.seed()
+            context = min(prompts.shape[1] + max_new_tokens, self.window or 0)  # 0: a recurrent model
+            if static_cache is None:
+                static_cache = context >= STATIC_CACHE_FROM
             steps = tqdm(range(max_new_tokens), desc="generating", unit="token", disable=not progress_bar)
-            tokens = self._sample(prompts, steps, processors, generator, guidance_scale, streamer)
+            cache_size = context if static_cache else 0
+            tokens = self._sample(prompts, steps, processors, generator, guidance_scale, streamer, cache_size)
         finally:
             if streamer is not None:
                 streamer.end()
@@ -359,8 +373,10 @@ class MidiGenerationPipeline(Pipeline):
         generator: torch.Generator,
         guidance_scale: float,
         streamer: NoteStreamer | None,
+        cache_size: int,
     ) -> torch.Tensor:
-        """The sampling loop: the prompts with their new tokens, row by row."""
+        """The sampling loop: the prompts with their new tokens, row by row. `cache_size`: keep
+        GPT-2's keys and values in a `StaticCache` of this many positions (0: the model's own cache)."""
         rows, tokens = len(prompts), prompts
         guided = guidance_scale != 1.0
         if guided:  # the unconditional branch: the same rows with Composer_Unknown, batched after them
@@ -370,11 +386,16 @@ class MidiGenerationPipeline(Pipeline):
         done = torch.zeros(rows, dtype=torch.bool, device=self.device)
         if streamer is not None:
             streamer.put(prompts.cpu())
-        cache, step_ids, context = None, tokens, tokens.shape[1]
+        cache = StaticCache(config=self.model.config, max_cache_len=cache_size) if cache_size else None
+        step_ids, context = tokens, tokens.shape[1]
         for _ in steps:
             if self.window is not None and context > self.window:  # context: the cache after this forward
                 step_ids = self._window_ids(tokens)  # prefill again on the newest tokens
-                cache, context = None, step_ids.shape[1]
+                context = step_ids.shape[1]
+                if cache_size:
+                    cache.reset()  # the same buffers, filled again from the first position
+                else:
+                    cache = None
             output = self.model(input_ids=step_ids, cache=cache, use_cache=True, logits_to_keep=1)
             cache, logits = output.cache, output.logits[:, -1].float()
             scores = processors(tokens[:rows], guide(logits, guidance_scale) if guided else logits)

@@ -376,3 +376,12 @@ def test_cli_streams_every_note_as_a_line(folders, tmp_path, capsys):
     )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Bach ")]
     assert len(lines) == row["notes"] > 0 and " beat " in lines[0] and "velocity" in lines[0]
+
+
+@pytest.mark.parametrize("guidance_scale", [1.0, 2.0])
+def test_a_static_cache_samples_the_same_tokens_as_the_dynamic_one(generators, guidance_scale):
+    generator = generators["transformer"]  # 256 positions: 300 new tokens slide the window once
+    call = {"composer": ["Bach", "Chopin"], "max_new_tokens": 300, "seed": 4, "guidance_scale": guidance_scale}
+    static = generator(**call, static_cache=True)
+    assert [r["tokens"] for r in static] == [r["tokens"] for r in generator(**call, static_cache=False)]
+    assert all(r["new_tokens"] == 300 for r in static)

@@ -87,16 +87,23 @@ def test_benchmarks_write_their_json(tmp_path):
     sampling = tmp_path / "pipeline.json"
     result = run_script(
         "scripts/benchmark.py", "pipeline", "--preset", "tiny", "--rows", "2", "--lengths", "8", "300",
-        "--guidance_scales", "1", "2", "--json", str(sampling),
+        "--guidance_scales", "1", "2", "--realtime_tokens", "64", "--json", str(sampling),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = json.loads(sampling.read_text())["results"]
-    assert len(rows) == 12 and all(r["ms_per_step"] > 0 for r in rows)
-    # only GPT-2 (tiny: 256 positions) slides its window, once past 256 tokens
-    assert {(r["model"], r["length"]): r["window_prefills"] for r in rows if r["guidance_scale"] == 1} == {
-        ("transformer_tiny", 8): 0, ("transformer_tiny", 300): 1, ("mamba_tiny", 8): 0, ("mamba_tiny", 300): 0,
-        ("xlstm_tiny", 8): 0, ("xlstm_tiny", 300): 0,
+    report = json.loads(sampling.read_text())
+    rows = report["results"]
+    assert len(rows) == 16 and all(r["ms_per_step"] > 0 and r["bare_ms_per_step"] > 0 for r in rows)
+    # only GPT-2 (tiny: 256 positions) slides its window, once past 256 tokens, with either cache
+    assert {(r["model"], r["cache"], r["length"]): r["window_prefills"] for r in rows if r["guidance_scale"] == 1} == {
+        ("transformer_tiny", "dynamic", 8): 0, ("transformer_tiny", "dynamic", 300): 1,
+        ("transformer_tiny", "static", 8): 0, ("transformer_tiny", "static", 300): 1,
+        ("mamba_tiny", "own", 8): 0, ("mamba_tiny", "own", 300): 0,
+        ("xlstm_tiny", "own", 8): 0, ("xlstm_tiny", "own", 300): 0,
     }  # fmt: skip
+    # every bundled model at batch 1: the first note comes before the end, music comes out
+    [bundled] = report["realtime"]
+    assert bundled["model"] == "gpt2-small-classical" and 0 < bundled["first_note_s"] < bundled["seconds"]
+    assert bundled["realtime_factor"] == bundled["music_seconds"] / bundled["seconds"] > 0
 
 
 def test_benchmark_names_its_subcommands():
