@@ -10,7 +10,7 @@ SOUNDFONT ?= /usr/share/sounds/sf2/FluidR3_GM.sf2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format clean cuda-install cuda-check bundle
+.PHONY: install demo app test lint format clean cuda-install cuda-check bundle
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(BIN)/python:
 # torch first, on its own: as a dependency of another package it could pull a CUDA build.
 $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/pip install "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/pip install -e ".[dev,audio]"
+	$(BIN)/pip install -e ".[dev,audio,app]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,6 +28,11 @@ install: $(STAMP)
 demo: install
 	$(BIN)/python scripts/generate.py --composers "Bach, Mozart, Chopin, Beethoven" --length 768 --plot \
 		--out outputs/demo $(if $(wildcard $(SOUNDFONT)),--render wav --soundfont $(SOUNDFONT))
+
+# The web app on http://127.0.0.1:7860 (HOST=0.0.0.0 to serve other machines).
+HOST ?= 127.0.0.1
+app: install
+	$(BIN)/python scripts/app.py --host $(HOST)
 
 lint: install
 	$(BIN)/ruff check .

@@ -287,7 +287,12 @@ class MidiGenerationPipeline(Pipeline):
         composers = composer if isinstance(composer, (list, tuple)) else [composer]
         if not composers:
             raise ValueError("composer=[]: give a name, a list of names, or None (no composer)")
-        return super().__call__({"composers": list(composers), "prompt": kwargs.pop("prompt", None)}, **kwargs)
+        streamer = kwargs.get("streamer")
+        try:
+            return super().__call__({"composers": list(composers), "prompt": kwargs.pop("prompt", None)}, **kwargs)
+        finally:  # however the call ends (an unreadable prompt fails before sampling), its stream ends
+            if streamer is not None:
+                streamer.end()
 
     def _sanitize_parameters(
         self,
@@ -344,25 +349,21 @@ class MidiGenerationPipeline(Pipeline):
         streamer: NoteStreamer | None = None,
         static_cache: bool | None = None,
     ) -> dict[str, Any]:
-        try:  # the stream ends however the call does: whoever iterates it must not wait forever
-            if max_new_tokens < 1 or temperature <= 0:
-                raise ValueError(f"max_new_tokens ({max_new_tokens}) and temperature ({temperature}) must be positive")
-            if not 0 < top_p <= 1 or top_k < 0:
-                raise ValueError(f"top_p is a probability mass in (0, 1] ({top_p}) and top_k a count >= 0 ({top_k})")
-            min_new_tokens = max_new_tokens if min_new_tokens is None else min_new_tokens
-            prompts = model_inputs["input_ids"]
-            processors = self._processors(prompts.shape[1], min_new_tokens, temperature, top_k, top_p, grammar)
-            generator = torch.Generator(self.device)
-            generator.manual_seed(seed) if seed is not None else generator.seed()
-            context = min(prompts.shape[1] + max_new_tokens, self.window or 0)  # 0: a recurrent model
-            if static_cache is None:
-                static_cache = context >= STATIC_CACHE_FROM
-            steps = tqdm(range(max_new_tokens), desc="generating", unit="token", disable=not progress_bar)
-            cache_size = context if static_cache else 0
-            tokens = self._sample(prompts, steps, processors, generator, guidance_scale, streamer, cache_size)
-        finally:
-            if streamer is not None:
-                streamer.end()
+        if max_new_tokens < 1 or temperature <= 0:
+            raise ValueError(f"max_new_tokens ({max_new_tokens}) and temperature ({temperature}) must be positive")
+        if not 0 < top_p <= 1 or top_k < 0:
+            raise ValueError(f"top_p is a probability mass in (0, 1] ({top_p}) and top_k a count >= 0 ({top_k})")
+        min_new_tokens = max_new_tokens if min_new_tokens is None else min_new_tokens
+        prompts = model_inputs["input_ids"]
+        processors = self._processors(prompts.shape[1], min_new_tokens, temperature, top_k, top_p, grammar)
+        generator = torch.Generator(self.device)
+        generator.manual_seed(seed) if seed is not None else generator.seed()
+        context = min(prompts.shape[1] + max_new_tokens, self.window or 0)  # 0: a recurrent model
+        if static_cache is None:
+            static_cache = context >= STATIC_CACHE_FROM
+        steps = tqdm(range(max_new_tokens), desc="generating", unit="token", disable=not progress_bar)
+        cache_size = context if static_cache else 0
+        tokens = self._sample(prompts, steps, processors, generator, guidance_scale, streamer, cache_size)
         return {"tokens": tokens, "composers": model_inputs["composers"], "prompt_length": prompts.shape[1]}
 
     def _sample(

@@ -14,23 +14,20 @@ piano roll (`--plot`) and audio (`--render wav`: symusic's synthesizer and a Gen
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import HfArgumentParser, pipeline
 
 import modeling
 from evaluation.rendering import find_soundfont, piano_roll, write_wav
 from model_cards import WELL_TRAINED
+from modeling.catalog import resolve_model
 from modeling.pipeline_midi_generation import MusicVocabulary
 
 PITCH_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-FAMILY_OF_MODEL_TYPE = {config.model_type: family for family, config in modeling.presets.CONFIG_CLASSES.items()}
-DEFAULT_FAMILY = "transformer"
 
 
 @dataclass
@@ -69,58 +66,6 @@ class Arguments:
         },
     )
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ...; left out: cuda if available."})
-
-
-def bundled_models() -> dict[str, Path]:
-    """The models shipped in this project (`modeling/pretrained/`), by family."""
-    folders = sorted(p for p in (Path(modeling.__file__).parent / "pretrained").iterdir() if p.is_dir())
-    return {family_of(p): p for p in folders if family_of(p)}
-
-
-def default_model() -> Path:
-    """The bundled GPT-2 when there is one: of the three families it samples fastest on a CPU."""
-    bundled = bundled_models()
-    return bundled.get(DEFAULT_FAMILY) or next(iter(bundled.values()))
-
-
-def available_models() -> list[str]:
-    """What `--model` can name on this machine without the Hub: families, bundled and trained folders."""
-    trained = sorted(str(p.parent) for p in Path("outputs").glob("*/config.json") if family_of(p.parent))
-    return [*modeling.FAMILIES, *(str(p) for p in bundled_models().values()), *trained]
-
-
-def family_of(folder: Path) -> str | None:
-    config = folder / "config.json"
-    return FAMILY_OF_MODEL_TYPE.get(json.loads(config.read_text()).get("model_type")) if config.is_file() else None
-
-
-def resolve_model(name: str | None) -> tuple[str, str]:
-    """`(what to load, name for the output folder)` from `--model`."""
-    if name is None:
-        default = default_model()
-        return str(default), default.name
-    if name in modeling.FAMILIES:
-        trained, bundled = Path("outputs") / f"{name}-small", bundled_models()
-        if family_of(trained) == name:
-            return str(trained), name
-        if name in bundled:
-            return str(bundled[name]), name
-        raise ValueError(
-            f"no {name} model: {trained} holds none and none is bundled (only {', '.join(bundled)}); train one "
-            f"with `python scripts/train.py scripts/configs/{name}-small.yaml`, or pass a folder or repo id"
-        )
-    path = Path(name)
-    if path.is_dir():
-        return str(path), path.resolve().name
-    if name.startswith((".", "/", "~")) or path.parts[0] in ("outputs", "modeling") or Path(path.parts[0]).is_dir():
-        raise ValueError(f"--model {name}: no such folder; models here: {', '.join(available_models())}")
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        raise ValueError(f"--model {name}: no such folder, and not a family name or a Hub repo id") from None
-    if name.count("/") != 1:
-        raise ValueError(f"--model {name}: no such folder, and not a family name or a Hub repo id (owner/name)")
-    return name, name.split("/")[1]
 
 
 def print_composers(model: str, vocabulary: MusicVocabulary) -> None:

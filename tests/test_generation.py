@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, pipeline
 
 from conftest import load_script
 from evaluation import rendering
-from modeling import FAMILIES, MidiGenerationPipeline, NoteStreamer, build_config
+from modeling import FAMILIES, MidiGenerationPipeline, NoteStreamer, build_config, catalog
 from modeling.pipeline_midi_generation import guide
 from tokenization import MusicGrammar
 
@@ -275,16 +275,15 @@ def test_without_a_soundfont_offline_the_error_says_how_to_get_one(monkeypatch):
 
 
 def test_cli_family_names_find_a_trained_model_or_say_how_to_get_one(folders, tmp_path, monkeypatch):
-    script = load_script("generate")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "outputs").mkdir()
     (tmp_path / "outputs" / "mamba-small").symlink_to(folders["mamba"])
-    assert script.resolve_model("mamba") == ("outputs/mamba-small", "mamba")
-    missing = next(f for f in FAMILIES if f not in ("mamba", *script.bundled_models()))
+    assert catalog.resolve_model("mamba") == ("outputs/mamba-small", "mamba")
+    missing = next(f for f in FAMILIES if f not in ("mamba", *catalog.bundled_models()))
     with pytest.raises(ValueError, match=f"scripts/configs/{missing}-small.yaml"):
-        script.resolve_model(missing)
+        catalog.resolve_model(missing)
     with pytest.raises(ValueError, match="not a family name or a Hub repo id"):
-        script.resolve_model("no/such/folder")
+        catalog.resolve_model("no/such/folder")
 
 
 @pytest.mark.parametrize("name", ["outputs/mamba-small", "./models/mine", "modeling/pretrained/nothing"])
@@ -293,7 +292,7 @@ def test_a_missing_local_model_folder_is_named_with_what_exists(name, capsys):
         load_script("generate").main(["--model", name, "--length", "8"])
     error = capsys.readouterr().err
     assert f"--model {name}: no such folder; models here: transformer, mamba, xlstm, " in error
-    assert str(load_script("generate").default_model()) in error
+    assert str(catalog.default_model()) in error
 
 
 def test_an_unreachable_hub_repo_says_offline(capsys, monkeypatch):
@@ -304,7 +303,7 @@ def test_an_unreachable_hub_repo_says_offline(capsys, monkeypatch):
 
 
 def test_the_bundled_model_is_small_and_generates_music():
-    folder = load_script("generate").default_model()
+    folder = catalog.default_model()
     assert (folder / "model.safetensors").stat().st_size <= 25 * 2**20
     assert (folder / "README.md").read_text().startswith("---")  # a model card with metadata
     generator = pipeline("midi-generation", model=str(folder))
@@ -362,10 +361,13 @@ def test_streamed_notes_are_the_notes_of_the_result_and_come_while_it_samples(fa
     assert [r["tokens"] for r in results] == [r["tokens"] for r in generator(**call)]
 
 
-def test_a_failing_call_ends_its_stream(generators):
+@pytest.mark.parametrize(
+    ("bad", "message"), [({"top_p": 2.0}, "top_p"), ({"prompt": b"MThd no MIDI"}, "not a readable MIDI file")]
+)
+def test_a_failing_call_ends_its_stream(generators, bad, message):
     streamer = NoteStreamer(generators["transformer"], timeout=60)
-    with pytest.raises(ValueError, match="top_p"):
-        generators["transformer"]("Bach", max_new_tokens=8, top_p=2.0, streamer=streamer)
+    with pytest.raises(ValueError, match=message):
+        generators["transformer"]("Bach", max_new_tokens=8, streamer=streamer, **bad)
     assert list(streamer) == []
 
 

@@ -1,0 +1,147 @@
+"""The web app: compose with a trained model in the browser (Gradio).
+
+    python scripts/app.py                      # http://127.0.0.1:7860
+    python scripts/app.py --model outputs/mamba-small --port 8000
+
+Choose a model (a bundled one, a folder, a Hub repo id), a composer from that model's own
+list, the length and the sampling settings, optionally a MIDI file to continue; the piano roll
+grows while the model writes, then the page plays the audio and offers the `.mid`. Each call
+runs in Gradio's queue with its own files, so users at once never see each other's pieces.
+On a Hugging Face Space, this repository with `app_file: scripts/app.py` in its README runs it.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+from transformers import HfArgumentParser, pipeline
+
+import modeling
+from evaluation.rendering import find_soundfont, piano_roll, write_wav
+from modeling.catalog import available_models, default_model, resolve_model
+
+# symusic's synthesizer renders every track over the whole piece: an untrained model's 107
+# tracks of 255 s did not render in 100 s here. Past this many track-seconds, no audio.
+MAX_TRACK_SECONDS = 7200
+
+
+@dataclass
+class Arguments:
+    model: str | None = field(default=None, metadata={"help": "The model chosen first; left out: the bundled one."})
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to serve on (0.0.0.0: every interface)."})
+    port: int = field(default=7860, metadata={"help": "Port to serve on."})
+    soundfont: str | None = field(
+        default=None, metadata={"help": "General MIDI soundfont for the audio; left out: as generate.py finds one."}
+    )
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, ...; left out: cuda if available."})
+
+
+@functools.lru_cache(maxsize=4)
+def load(model: str, device: str | None) -> modeling.MidiGenerationPipeline:
+    """A pipeline per model, loaded once and shared by every user (it holds no per-call state)."""
+    return pipeline("midi-generation", model=model, pipeline_class=modeling.MidiGenerationPipeline, device=device)
+
+
+def composers(model: str, device: str | None) -> list[str]:
+    """The model's composers, those with the most training pieces first, then `Unknown` (none)."""
+    vocabulary = load(resolve_model(model)[0], device).vocabulary
+    pieces = vocabulary.training_pieces
+    return [*sorted(vocabulary.composers, key=lambda name: (-pieces.get(name, 0), name)), vocabulary.unknown]
+
+
+def composer_choices(model: str, *, device: str | None) -> gr.Dropdown:
+    """The composer list for another model; a model that cannot be loaded says why, in one sentence."""
+    try:
+        names = composers(model, device)
+    except (ValueError, OSError) as error:
+        raise one_sentence(error) from None
+    return gr.Dropdown(choices=names, value=names[0])
+
+
+def one_sentence(error: Exception) -> gr.Error:
+    return gr.Error(str(error).splitlines()[0] if str(error) else type(error).__name__, print_exception=False)
+
+
+def compose(model, composer, length, temperature, top_p, guidance_scale, seed, upload, *, device, soundfont):
+    """Yield (piano roll, audio, MIDI file, status) while the model writes, then the finished piece."""
+    try:
+        generator = load(resolve_model(model)[0], device)
+    except (ValueError, OSError) as error:
+        raise one_sentence(error) from None
+    streamer = modeling.NoteStreamer(generator, interval=0.5)
+    settings = {
+        "max_new_tokens": int(length),
+        "temperature": temperature,
+        "top_p": top_p,
+        "guidance_scale": guidance_scale,
+        "seed": int(seed),
+        "prompt": upload,
+    }
+    with ThreadPoolExecutor(1) as pool:
+        call = pool.submit(generator, composer, streamer=streamer, **settings)
+        notes = 0
+        for item in streamer:
+            notes += len(item["notes"])
+            yield piano_roll(item["score"], f"{composer}: {notes} notes so far"), None, None, f"{notes} notes..."
+        try:
+            [piece] = call.result()
+        except (ValueError, OSError) as error:  # an unreadable upload, an unknown composer
+            raise one_sentence(error) from None
+    folder = Path(tempfile.mkdtemp(prefix="midi-lm-"))  # this call's own files
+    midi = folder / f"{composer}.mid"
+    midi.write_bytes(piece["midi"])
+    status = f"{piece['score'].note_num()} notes, {piece['seconds']:.1f} seconds of music"
+    try:
+        if piece["seconds"] * len(piece["score"].tracks) > MAX_TRACK_SECONDS:
+            raise OSError(f"{len(piece['score'].tracks)} tracks of {piece['seconds']:.0f} s take too long to render")
+        audio = write_wav(piece["score"], midi.with_suffix(".wav"), find_soundfont(soundfont))
+    except OSError as error:
+        audio, status = None, f"{status}; no audio: {str(error).splitlines()[0]}"
+    yield piano_roll(piece["score"], f"{composer}: {status}"), str(audio) if audio else None, str(midi), status
+
+
+def build(args: Arguments) -> gr.Blocks:
+    first = args.model or str(default_model())
+    with gr.Blocks(title="midi-lm") as app:
+        gr.Markdown("# midi-lm\nA language model over MIDI writes a piece in the style of the composer you choose.")
+        with gr.Row():
+            with gr.Column(scale=1):
+                model = gr.Dropdown(
+                    [first, *(m for m in available_models() if m != first)],
+                    value=first,
+                    label="Model (a folder or a Hub repo id may be typed)",
+                    allow_custom_value=True,
+                )
+                names = composers(first, args.device)
+                composer = gr.Dropdown(names, value=names[0], label="Composer (most training pieces first)")
+                length = gr.Slider(64, 2048, value=512, step=64, label="Length (tokens)")
+                temperature = gr.Slider(0.5, 1.5, value=1.0, step=0.05, label="Temperature")
+                top_p = gr.Slider(0.5, 1.0, value=0.95, step=0.01, label="Top-p")
+                guidance = gr.Slider(1.0, 4.0, value=1.0, step=0.5, label="Guidance scale (follows the composer)")
+                seed = gr.Number(0, precision=0, label="Seed")
+                upload = gr.File(label="A MIDI file to continue (optional)", file_types=[".mid", ".midi"])
+                button = gr.Button("Compose", variant="primary")
+            with gr.Column(scale=2):
+                status = gr.Markdown("")
+                roll = gr.Plot(label="Piano roll")
+                audio = gr.Audio(label="Listen", type="filepath")
+                midi = gr.File(label="Download the MIDI file")
+        model.change(functools.partial(composer_choices, device=args.device), model, composer, api_name="composers")
+        run = functools.partial(compose, device=args.device, soundfont=args.soundfont)
+        inputs = [model, composer, length, temperature, top_p, guidance, seed, upload]
+        button.click(run, inputs, [roll, audio, midi, status], api_name="compose")
+    return app
+
+
+def main() -> None:
+    (args,) = HfArgumentParser(Arguments).parse_args_into_dataclasses()
+    build(args).queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The web app: through Gradio's client (streaming, files, errors) and in a real browser."""
+
+import re
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import symusic
+import torch
+from gradio_client import Client, handle_file
+
+from conftest import ROOT, load_script
+from modeling import build_config
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def app_url(tokenizer, soundfont, tmp_path_factory):
+    """The app on a free local port, serving a tiny GPT-2 beside its tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    torch.manual_seed(0)  # the same untrained model, hence the same pieces, every run
+    AutoModelForCausalLM.from_config(build_config("transformer", "tiny", tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    script = load_script("app")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = script.build(script.Arguments(model=str(folder), port=port, soundfont=str(soundfont)))
+    app.queue(default_concurrency_limit=1).launch(server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/", folder
+    app.close()
+
+
+@pytest.fixture
+def not_midi(tmp_path) -> Path:
+    path = tmp_path / "broken.mid"
+    path.write_bytes(b"MThd this is not MIDI")
+    return path
+
+
+def test_the_app_streams_the_piano_roll_then_gives_audio_and_midi(app_url):
+    url, folder = app_url
+    client = Client(url, verbose=False)
+    updates = list(client.submit(str(folder), "bach", 192, 1.0, 0.95, 1.0, 3, None, api_name="/compose"))
+    assert len(updates) >= 2 and all(update[1] is None for update in updates[:-1])  # the roll comes first
+    _, audio, midi, status = updates[-1]
+    assert symusic.Score(midi).note_num() > 0 and Path(audio).stat().st_size > 44
+    assert status.endswith("seconds of music")
+    assert client.predict(str(folder), api_name="/composers")["value"] in ("bach", "chopin", "handel", "mozart")
+
+
+def test_an_unreadable_upload_is_one_sentence(app_url, not_midi):
+    url, folder = app_url
+    client = Client(url, verbose=False)
+    with pytest.raises(Exception, match="the prompt is not a readable MIDI file"):
+        client.predict(str(folder), "bach", 64, 1.0, 0.95, 1.0, 0, handle_file(str(not_midi)), api_name="/compose")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_the_app_in_a_browser(app_url, not_midi, tmp_path):
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    url, _ = app_url
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        composer = page.get_by_label("Composer (most training pieces first)")
+        composer.click()
+        composer.fill("chopin")
+        page.keyboard.press("Enter")
+        page.get_by_label("number input for Length (tokens)").fill("256")
+        page.get_by_role("button", name="Compose").click()
+        page.get_by_text(re.compile(r"^\d+ notes\.\.\.$")).wait_for(timeout=60_000)  # the roll grows, no audio yet
+        assert page.locator("audio").count() == 0
+        page.locator("audio").first.wait_for(state="attached", timeout=120_000)
+        link = page.locator("a[download][href$='/chopin.mid']")
+        midi = tmp_path / "downloaded.mid"
+        midi.write_bytes(page.request.get(link.get_attribute("href")).body())
+        assert symusic.Score(str(midi)).note_num() > 0
+        (ROOT / "outputs").mkdir(exist_ok=True)
+        page.screenshot(path=str(ROOT / "outputs" / "app.png"), full_page=True)
+
+        page.locator("input[type=file]").set_input_files(str(not_midi))
+        time.sleep(1)  # the upload lands before the click
+        page.get_by_role("button", name="Compose").click()
+        page.get_by_text("the prompt is not a readable MIDI file").first.wait_for(timeout=60_000)
+        browser.close()
