@@ -126,6 +126,10 @@ class MusicVocabulary:
     def composers(self) -> list[str]:
         return [name for name in self.conditions if name != self.unknown]
 
+    def most_trained(self) -> list[str]:
+        """The composers, those with the most training pieces first (the ones worth asking for)."""
+        return sorted(self.composers, key=lambda name: (-self.training_pieces.get(name, 0), name))
+
     def condition_id(self, composer: str | None) -> int:
         """Id of a composer's condition token (None: unconditional); an unknown name is an error."""
         if not composer:

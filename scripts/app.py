@@ -50,8 +50,7 @@ def load(model: str, device: str | None) -> modeling.MidiGenerationPipeline:
 def composers(model: str, device: str | None) -> list[str]:
     """The model's composers, those with the most training pieces first, then `Unknown` (none)."""
     vocabulary = load(resolve_model(model)[0], device).vocabulary
-    pieces = vocabulary.training_pieces
-    return [*sorted(vocabulary.composers, key=lambda name: (-pieces.get(name, 0), name)), vocabulary.unknown]
+    return [*vocabulary.most_trained(), vocabulary.unknown]
 
 
 def composer_choices(model: str, *, device: str | None) -> gr.Dropdown:

@@ -71,7 +71,7 @@ class Arguments:
 def print_composers(model: str, vocabulary: MusicVocabulary) -> None:
     """The composers a model has tokens for, most training pieces first: the ones worth asking for."""
     pieces = vocabulary.training_pieces
-    names = sorted(vocabulary.composers, key=lambda name: (-pieces.get(name, 0), name))
+    names = vocabulary.most_trained()
     print(f"{len(names)} composers of {model}, with their training pieces (most first):")
     for name in names:
         print(f"  {name:<24} {pieces.get(name, 0) if pieces else '?':>6}")
