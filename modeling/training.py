@@ -1,6 +1,7 @@
-"""What a training script needs beyond `Accelerator`: checkpoints that resume exactly and
-survive a kill while they are written, a clean stop on a signal or at a time limit,
-held-out likelihood summed across ranks, and the ranked predictions of a classifier.
+"""What a training script needs beyond `Accelerator`: the parallelism the launch asked for
+(FSDP on CPUs too), checkpoints that resume exactly and survive a kill while they are
+written, a clean stop on a signal or at a time limit, DataLoader workers that die with their
+process, held-out likelihood summed across ranks, and the ranked predictions of a classifier.
 
 A checkpoint is `accelerator.save_state` (model, optimizer, registered objects such as the
 scheduler, every rank's random state) plus one data-position file per rank (each rank
@@ -12,24 +13,76 @@ a kill at any moment leaves the previous checkpoint whole.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import re
 import shutil
 import signal
 import statistics
+import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, parse_flag_from_env
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal a process gets when its parent dies
+
+
+def build_accelerator(**kwargs) -> Accelerator:
+    """An `Accelerator` that runs the strategy the launch asked for, or stops saying why not.
+
+    accelerate turns a multi-process launch into FSDP only on accelerators (GPU, NPU, ...): on
+    CPU an FSDP config silently becomes plain data parallelism (MULTI_CPU), without sharding.
+    PyTorch's FSDP2 runs on CPU over gloo, so a CPU run that asked for FSDP gets accelerate's
+    own plugin (read from the launch config, as accelerate reads it on GPUs) and its FSDP type;
+    everything after (prepare, save_state, get_state_dict) is accelerate's.
+    """
+    accelerator = Accelerator(**kwargs)
+    if not parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        return accelerator
+    if accelerator.distributed_type == DistributedType.MULTI_CPU:
+        plugin = FullyShardedDataParallelPlugin()
+        if accelerator.mixed_precision != "no":
+            plugin.set_mixed_precision(accelerator.mixed_precision)
+        accelerator.state.fsdp_plugin = plugin
+        # Both: a later AcceleratorState() copies the type back from PartialState.
+        accelerator.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    if accelerator.distributed_type != DistributedType.FSDP:
+        raise ValueError(
+            f"the launch config asks for FSDP, but this run is {accelerator.distributed_type.value} with "
+            f"{accelerator.num_processes} process(es): launch 2 or more (--num_processes 2), or use a config "
+            "without FSDP"
+        )
+    return accelerator
+
+
+def describe_strategy(accelerator: Accelerator, model: torch.nn.Module) -> str:
+    """Which parallelism a prepared model runs under and how many parameters this rank holds:
+    the log line that shows FSDP shards (and which blocks it sharded one by one)."""
+    total = held = 0
+    for parameter in model.parameters():
+        total += parameter.numel()
+        held += parameter.to_local().numel() if isinstance(parameter, DTensor) else parameter.numel()
+    strategy = accelerator.distributed_type.value
+    if accelerator.distributed_type == DistributedType.FSDP:
+        units = Counter(type(m).__name__.removeprefix("FSDP") for m in model.modules() if isinstance(m, FSDPModule))
+        strategy = f"FSDP{accelerator.state.fsdp_plugin.fsdp_version} over " + ", ".join(
+            f"{count} {name}" for name, count in units.items()
+        )
+    return f"rank {accelerator.process_index}: {strategy}; holds {held:,} of {total:,} parameters"
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -137,7 +190,7 @@ class StopRequest:
     without the handler. Every process must stop at the same step, since they meet in
     collectives: with several processes `cause()` agrees through one all-reduce (the strongest
     cause wins: a signal over the time limit). DataLoader workers must outlive the signal too:
-    start them with `ignore_stop_signals`.
+    start them with `prepare_worker`.
     """
 
     TIME_LIMIT = 1  # below every signal number
@@ -170,17 +223,27 @@ class StopRequest:
         return "the time limit" if cause == cls.TIME_LIMIT else signal.Signals(cause).name
 
 
-def ignore_stop_signals(worker_id: int) -> None:
-    """A DataLoader worker's `worker_init_fn`: ignore SIGTERM and SIGINT.
+def prepare_worker(worker_id: int) -> None:
+    """A DataLoader worker's `worker_init_fn`: outlive stop signals, never the main process.
 
     torch's workers die on a SIGTERM that their parent did not send and on Ctrl-C, and both
     reach every process of a job (a scheduler signals the process group; a terminal does the
     same): the main process would then lose its worker in the middle of the step that
-    `StopRequest` lets finish. The main process ends its workers when it is done, and a worker
-    whose main process died exits by itself (torch watches the parent).
+    `StopRequest` lets finish. So the worker ignores both; the main process ends it when done.
+
+    The other way round, a worker must not outlive a main process that dies without ending it
+    (SIGKILL, the out-of-memory killer): torch's own check of the parent misses it (a worker was
+    seen running on, holding its memory, after its main process was killed). On Linux the
+    kernel kills the worker when its parent dies (`PR_SET_PDEATHSIG`); elsewhere torch's check
+    is all there is.
     """
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, signal.SIG_IGN)
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        parent = multiprocessing.parent_process()
+        if parent is not None and os.getppid() != parent.pid:  # it died before the line above
+            os._exit(1)
 
 
 def token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

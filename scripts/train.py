@@ -51,11 +51,13 @@ from evaluation.identification import summary_metrics
 from model_cards import model_card
 from modeling.training import (
     StopRequest,
+    build_accelerator,
+    describe_strategy,
     evaluate,
-    ignore_stop_signals,
     list_checkpoints,
     load_checkpoint,
     parameter_digest,
+    prepare_worker,
     read_trainer_state,
     remove_partial_checkpoints,
     resolve_checkpoint,
@@ -318,7 +320,7 @@ def train_loader(tokenizer, data_args: DataArguments, train_args: TrainArguments
         num_workers=data_args.num_workers,
         prefetch_factor=8 if data_args.num_workers else None,
         persistent_workers=data_args.num_workers > 0,
-        worker_init_fn=ignore_stop_signals,
+        worker_init_fn=prepare_worker,
     )
 
 
@@ -434,6 +436,10 @@ def export(accelerator, model, tokenizer, output_dir: Path, card_fields: dict) -
     state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards
     unwrapped = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
+        if accelerator.distributed_type == DistributedType.FSDP:
+            # FSDP2 gives the model a class of its own, whose code save_pretrained would ship as the model's.
+            unwrapped = AutoModelForCausalLM.from_config(unwrapped.config)
+            unwrapped.load_state_dict(state_dict)
         tokenizer.save_pretrained(output_dir)  # first: the pipeline reads it
         generator = modeling.MidiGenerationPipeline(
             model=unwrapped, device=unwrapped.device, music_tokenizer=output_dir
@@ -479,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     output_dir = Path(train_args.output_dir)
     trackers = [] if train_args.report_to == "none" else train_args.report_to.split(",")
-    accelerator = Accelerator(
+    accelerator = build_accelerator(
         # `accelerate launch` does not pass a config's `use_cpu` to multi-process runs.
         cpu=not torch.cuda.is_available(),
         gradient_accumulation_steps=train_args.gradient_accumulation_steps,
@@ -548,6 +554,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
+    logger.info(describe_strategy(accelerator, model), main_process_only=False)
 
     # Not prepared: every process reads its own share (rank, world_size) and keeps its own position.
     loader = train_loader(tokenizer, data_args, train_args, accelerator)

@@ -1,6 +1,8 @@
 import functools
 import importlib.util
+import json
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +14,27 @@ from tokenization import MusicTokenizer, list_midi_files, load_source
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+QUIET = ["--report_to", "none", "--logging_steps", "1"]
+
+
+def train(*args: str, launcher: tuple[str, ...] = (sys.executable,), **popen) -> subprocess.CompletedProcess:
+    """scripts/train.py run to the end (quietly, logging every step), which must succeed."""
+    command = [*launcher, "scripts/train.py", *args, *QUIET]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, **popen)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def metrics(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(output_dir: Path) -> dict[int, float]:
+    return {row["step"]: row["train/loss"] for row in metrics(output_dir) if "train/loss" in row}
+
+
+def eval_metrics(output_dir: Path) -> list[dict]:
+    return [row for row in metrics(output_dir) if "eval/loss" in row]
 
 
 class Ids:

@@ -297,6 +297,7 @@ def test_a_missing_local_model_folder_is_named_with_what_exists(name, capsys):
 
 def test_an_unreachable_hub_repo_says_offline(capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # read once, at import
     with pytest.raises(SystemExit):
         load_script("generate").main(["--model", "someone/no-such-model", "--length", "8"])
     assert "--model someone/no-such-model: not a folder here, and the Hub cannot be reached" in capsys.readouterr().err
