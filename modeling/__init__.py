@@ -1,27 +1,30 @@
 """The three model families and the `midi-generation` pipeline.
 
-Importing this package registers the custom models with the Auto classes, marks them so
-that `save_pretrained` writes their code and `auto_map` beside the weights (Hub remote
-code), and registers the pipeline task with transformers.
+Importing this package registers the custom models with the Auto classes (base models with
+`AutoModel`, language models with `AutoModelForCausalLM`), marks them so that
+`save_pretrained` writes their code and `auto_map` beside the weights (Hub remote code), and
+registers the pipeline task with transformers.
 """
 
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_music_mamba import MusicMambaConfig
 from .configuration_music_xlstm import MusicXLSTMConfig
-from .modeling_music_mamba import MusicMambaForCausalLM
-from .modeling_music_xlstm import MusicXLSTMForCausalLM
+from .modeling_music_mamba import MusicMambaForCausalLM, MusicMambaModel
+from .modeling_music_xlstm import MusicXLSTMForCausalLM, MusicXLSTMModel
 from .pipeline_midi_generation import MidiGenerationPipeline, NoteStreamer
 from .presets import FAMILIES, PRESETS, build_config
 
-for config_class, model_class in (
-    (MusicMambaConfig, MusicMambaForCausalLM),
-    (MusicXLSTMConfig, MusicXLSTMForCausalLM),
+for config_class, base_class, model_class in (
+    (MusicMambaConfig, MusicMambaModel, MusicMambaForCausalLM),
+    (MusicXLSTMConfig, MusicXLSTMModel, MusicXLSTMForCausalLM),
 ):
     AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoModel.register(config_class, base_class, exist_ok=True)
     AutoModelForCausalLM.register(config_class, model_class, exist_ok=True)
     config_class.register_for_auto_class()
+    base_class.register_for_auto_class("AutoModel")
     model_class.register_for_auto_class("AutoModelForCausalLM")
 PIPELINE_REGISTRY.register_pipeline(
     "midi-generation", pipeline_class=MidiGenerationPipeline, pt_model=AutoModelForCausalLM
@@ -34,7 +37,9 @@ __all__ = [
     "PRESETS",
     "MusicMambaConfig",
     "MusicMambaForCausalLM",
+    "MusicMambaModel",
     "MusicXLSTMConfig",
     "MusicXLSTMForCausalLM",
+    "MusicXLSTMModel",
     "build_config",
 ]

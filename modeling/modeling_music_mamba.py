@@ -14,6 +14,7 @@ new token does not depend on how many came before.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +22,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_music_mamba import MusicMambaConfig
 
@@ -265,11 +266,19 @@ class MusicMambaModel(MusicMambaPreTrainedModel):
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         cache: Cache | None = None,
-        output_hidden_states: bool = False,
-        attention_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """`attention_mask`: pad tokens (0) leave the recurrent state untouched, so left-padded
+        prompts generate as if unpadded; packed training blocks need no mask."""
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        cache = cache if use_cache else None
         hidden_states = self.embedding(input_ids) if inputs_embeds is None else inputs_embeds
         padding = None  # a mask covering these tokens (not the cached ones) with zeros in it
         if (
@@ -283,7 +292,9 @@ class MusicMambaModel(MusicMambaPreTrainedModel):
             hidden_states = layer(hidden_states, cache, padding)
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
-        return self.norm_f(hidden_states), all_hidden_states
+        return BaseModelOutputWithPast(
+            last_hidden_state=self.norm_f(hidden_states), cache=cache, hidden_states=all_hidden_states
+        )
 
 
 class MusicMambaForCausalLM(MusicMambaPreTrainedModel, GenerationMixin):
@@ -301,6 +312,17 @@ class MusicMambaForCausalLM(MusicMambaPreTrainedModel, GenerationMixin):
     def set_input_embeddings(self, embeddings: nn.Embedding) -> None:
         self.backbone.set_input_embeddings(embeddings)
 
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """transformers' save, with the base model mapped to `AutoModel` in the saved `auto_map`
+        too (transformers maps only the saved class): both load from the folder as remote code."""
+        if self._auto_class is not None:
+            module = type(self.backbone).__module__.rpartition(".")[2]
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                "AutoModel": f"{module}.{type(self.backbone).__name__}",
+            }
+        super().save_pretrained(save_directory, **kwargs)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -313,20 +335,21 @@ class MusicMambaForCausalLM(MusicMambaPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """`attention_mask`: pad tokens (0) leave the recurrent state untouched, so left-padded
-        prompts generate as if unpadded; packed training blocks need no mask."""
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-        if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
-        hidden_states, all_hidden_states = self.backbone(
-            input_ids, inputs_embeds, cache if use_cache else None, bool(output_hidden_states), attention_mask
+        outputs = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            cache=cache,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
         )
+        hidden_states = outputs.last_hidden_state
         logits = self.lm_head(hidden_states[:, -logits_to_keep:] if logits_to_keep else hidden_states).float()
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, cache=cache if use_cache else None, hidden_states=all_hidden_states
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )
 
 

@@ -26,13 +26,14 @@ y, c, n, m) in a `MusicXLSTMCache`: the cost of a new token does not depend on t
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from mlstm_kernels.torch.backend_module import mLSTMBackend, mLSTMBackendConfig
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from xlstm.blocks.slstm.block import sLSTMBlock, sLSTMBlockConfig
 from xlstm.blocks.slstm.layer import sLSTMLayerConfig
 from xlstm.components.feedforward import FeedForwardConfig
@@ -408,10 +409,25 @@ class MusicXLSTMModel(MusicXLSTMPreTrainedModel):
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         cache: MusicXLSTMCache | None = None,
-        output_hidden_states: bool = False,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """`attention_mask` may only mark padding at the end (training batches, labels -100):
+        the sLSTM recurrence cannot skip pad tokens, so left-padded prompts are refused. Checked
+        when a sequence starts: later generation steps only append to a prompt checked then."""
+        if cache is None and attention_mask is not None and (attention_mask.diff(dim=1) > 0).any():
+            raise ValueError(
+                "MusicXLSTM cannot skip left padding inside its recurrence: give prompts of equal length "
+                "or generate them one at a time"
+            )
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if use_cache and cache is None:
+            cache = MusicXLSTMCache(self.config.n_layer)
+        cache = cache if use_cache else None
         hidden_states = self.embedding(input_ids) if inputs_embeds is None else inputs_embeds
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         for i, block in enumerate(self.blocks):
@@ -422,9 +438,12 @@ class MusicXLSTMModel(MusicXLSTMPreTrainedModel):
                 all_hidden_states += (hidden_states,)
         if cache is not None:
             cache.seen_tokens += hidden_states.shape[1]
-        return self.norm_f(hidden_states), all_hidden_states
+        return BaseModelOutputWithPast(
+            last_hidden_state=self.norm_f(hidden_states), cache=cache, hidden_states=all_hidden_states
+        )
 
 
+# Copied from modeling_music_mamba.MusicMambaForCausalLM with MusicMamba->MusicXLSTM, Cache->MusicXLSTMCache
 class MusicXLSTMForCausalLM(MusicXLSTMPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "backbone.embedding.weight"}
 
@@ -440,6 +459,17 @@ class MusicXLSTMForCausalLM(MusicXLSTMPreTrainedModel, GenerationMixin):
     def set_input_embeddings(self, embeddings: nn.Embedding) -> None:
         self.backbone.set_input_embeddings(embeddings)
 
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """transformers' save, with the base model mapped to `AutoModel` in the saved `auto_map`
+        too (transformers maps only the saved class): both load from the folder as remote code."""
+        if self._auto_class is not None:
+            module = type(self.backbone).__module__.rpartition(".")[2]
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                "AutoModel": f"{module}.{type(self.backbone).__name__}",
+            }
+        super().save_pretrained(save_directory, **kwargs)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -452,26 +482,21 @@ class MusicXLSTMForCausalLM(MusicXLSTMPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """`attention_mask` may only mark padding at the end (training batches, labels -100):
-        the sLSTM recurrence cannot skip pad tokens, so left-padded prompts are refused. Checked
-        when a sequence starts: later generation steps only append to a prompt checked then."""
-        if cache is None and attention_mask is not None and (attention_mask.diff(dim=1) > 0).any():
-            raise ValueError(
-                "MusicXLSTM cannot skip left padding inside its recurrence: give prompts of equal length "
-                "or generate them one at a time"
-            )
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-        if use_cache and cache is None:
-            cache = MusicXLSTMCache(self.config.n_layer)
-        hidden_states, all_hidden_states = self.backbone(
-            input_ids, inputs_embeds, cache if use_cache else None, bool(output_hidden_states)
+        outputs = self.backbone(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            cache=cache,
+            use_cache=use_cache,
+            output_hidden_states=output_hidden_states,
         )
+        hidden_states = outputs.last_hidden_state
         logits = self.lm_head(hidden_states[:, -logits_to_keep:] if logits_to_keep else hidden_states).float()
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, cache=cache if use_cache else None, hidden_states=all_hidden_states
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states
         )
 
 

@@ -459,6 +459,9 @@ class PipelineArguments:
     lengths: list[int] = field(default_factory=lambda: [1024, 3072], metadata={"help": "New tokens per sample."})
     guidance_scales: list[float] = field(default_factory=lambda: [1.0, 2.0])
     realtime_tokens: int = field(default=1024, metadata={"help": "Tokens per bundled model's real-time run."})
+    repeats: int = field(
+        default=3, metadata={"help": "Runs of each pipeline call and bare loop, interleaved; the fastest counts."}
+    )
 
 
 @torch.no_grad()
@@ -478,13 +481,14 @@ def bare_ms_per_step(model, rows: int, length: int, vocab_size: int, cache_size:
 
 
 def realtime(folder: Path, tokens: int, device: str) -> dict:
-    """A bundled model at batch 1 through a streamer: time to the first note, real-time factor."""
+    """A bundled model at batch 1 through a streamer that looks every 0.1 s (as `generate.py --stream`):
+    time to the first note, real-time factor."""
     from concurrent.futures import ThreadPoolExecutor
 
     from modeling import MidiGenerationPipeline, NoteStreamer
 
     generator = MidiGenerationPipeline(model=AutoModelForCausalLM.from_pretrained(folder), device=device)
-    streamer = NoteStreamer(generator, interval=0.0)
+    streamer = NoteStreamer(generator)
     with ThreadPoolExecutor(1) as pool:
         start = time.perf_counter()
         call = pool.submit(generator, "bach", max_new_tokens=tokens, top_p=0.95, seed=0, streamer=streamer)
@@ -501,6 +505,7 @@ def realtime(folder: Path, tokens: int, device: str) -> dict:
         "seconds": seconds,
         "music_seconds": piece["seconds"],
         "realtime_factor": piece["seconds"] / seconds,
+        "ms_per_token": 1000 * seconds / piece["new_tokens"],
     }
 
 
@@ -529,40 +534,45 @@ def benchmark_pipeline(args: PipelineArguments) -> dict:
             window = getattr(model.config, "n_positions", None)
             caches = ["dynamic", "static"] if window else ["own"]
             for length, scale, cache in itertools.product(args.lengths, args.guidance_scales, caches):
-                prefills.clear()
-                synchronize(device)
-                start = time.perf_counter()
-                generator(
-                    ["bach"] * args.rows,
-                    max_new_tokens=length,
-                    min_new_tokens=length,
-                    guidance_scale=scale,
-                    static_cache=cache == "static",
-                )
-                synchronize(device)
-                seconds = time.perf_counter() - start
                 batch = args.rows * (2 if scale != 1.0 else 1)
                 cache_size = min(length + 2, window) if cache == "static" else 0
-                hook.remove()  # the bare loop's forwards are not the pipeline's prefills
                 steps = min(length, window - 2) if window else length  # the bare loop has no sliding window
-                bare = bare_ms_per_step(model, batch, steps, len(tokenizer), cache_size, device)
-                hook = model.register_forward_pre_hook(count_prefills, with_kwargs=True)
+                seconds, bare = [], []
+                for _ in range(args.repeats):  # interleaved: a slow spell of the machine hits both alike
+                    prefills.clear()
+                    synchronize(device)
+                    start = time.perf_counter()
+                    generator(
+                        ["bach"] * args.rows,
+                        max_new_tokens=length,
+                        min_new_tokens=length,
+                        guidance_scale=scale,
+                        static_cache=cache == "static",
+                    )
+                    synchronize(device)
+                    seconds.append(time.perf_counter() - start)
+                    hook.remove()  # the bare loop's forwards are not the pipeline's prefills
+                    bare.append(bare_ms_per_step(model, batch, steps, len(tokenizer), cache_size, device))
+                    hook = model.register_forward_pre_hook(count_prefills, with_kwargs=True)
                 row = {
                     "model": f"{family}_{args.preset}",
                     "length": length,
                     "guidance_scale": scale,
                     "rows": args.rows,
                     "cache": cache,
-                    "seconds": seconds,
-                    "ms_per_step": 1000 * seconds / length,
-                    "bare_ms_per_step": bare,
+                    "seconds": min(seconds),
+                    "ms_per_step": 1000 * min(seconds) / length,
+                    "bare_ms_per_step": min(bare),
+                    "overhead": 1000 * min(seconds) / length / min(bare) - 1,
+                    "all_ms_per_step": [1000 * s / length for s in seconds],
+                    "all_bare_ms_per_step": bare,
                     "window_prefills": len(prefills) - 1,
                 }
                 results.append(row)
                 print(
                     f"{row['model']}: {length} tokens x {args.rows} rows, guidance {scale}, {cache} cache: "
-                    f"{row['ms_per_step']:.1f} ms/step (the model alone {bare:.1f}), "
-                    f"{row['window_prefills']} window prefills",
+                    f"{row['ms_per_step']:.2f} ms/step, the model alone {row['bare_ms_per_step']:.2f} "
+                    f"({row['overhead']:+.0%}), {row['window_prefills']} window prefills",
                     flush=True,
                 )
     folders = sorted(p for p in (Path(__file__).parents[1] / "modeling" / "pretrained").iterdir() if p.is_dir())

@@ -1,13 +1,18 @@
+import dataclasses
+import importlib
+import inspect
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2LMHeadModel
+from transformers import AutoModel, AutoModelForCausalLM, GPT2LMHeadModel
+from transformers.utils import ModelOutput
 
 import modeling
-from conftest import Ids
+from conftest import ROOT, Ids
 from modeling import FAMILIES, build_config
 from modeling.modeling_music_xlstm import MusicXLSTMCache
 
@@ -85,6 +90,12 @@ def test_save_and_load_through_auto_classes(family, tmp_path):
     ids = torch.randint(0, 96, (2, 16))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, loaded(ids).logits)
+        # the base model alone, from the same folder, with transformers' named outputs
+        base = AutoModel.from_pretrained(tmp_path).eval()
+        assert type(base) is type(model.base_model)
+        expected = model.base_model(input_ids=ids)
+        assert isinstance(expected, ModelOutput) and expected.cache is not None  # named, as transformers returns
+        assert torch.equal(base(input_ids=ids).last_hidden_state, expected.last_hidden_state)
     assert (tmp_path / "model.safetensors").is_file()
 
 
@@ -101,23 +112,58 @@ def test_remote_code_and_offline_hub_cache_without_this_project(family, tmp_path
     ids = torch.randint(0, 96, (1, 12))
     with torch.no_grad():
         expected = model(ids).logits.sum().item()
+        expected_hidden = model.base_model(input_ids=ids).last_hidden_state.sum().item()
     code = f"""
 import sys
 sys.modules["modeling"] = sys.modules["tokenization"] = None  # this project is not importable
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModel, AutoModelForCausalLM
 model = AutoModelForCausalLM.from_pretrained("someone/music-{family}", trust_remote_code=True).eval()
 assert "transformers_modules" in type(model).__module__, type(model).__module__
+base = AutoModel.from_pretrained("someone/music-{family}", trust_remote_code=True).eval()
+assert "transformers_modules" in type(base).__module__ and type(base).__name__.endswith("Model"), type(base)
 with torch.no_grad():
     print(model(torch.tensor({ids.tolist()})).logits.sum().item())
     print(model.generate(torch.tensor({ids.tolist()}), max_new_tokens=5, do_sample=False).shape[1])
+    print(base(input_ids=torch.tensor({ids.tolist()})).last_hidden_state.sum().item())
 """
     result = run(
         code, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"), HF_MODULES_CACHE=str(tmp_path / "modules")
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    logits_sum, length = result.stdout.split()
+    logits_sum, length, hidden_sum = result.stdout.split()
     assert abs(float(logits_sum) - expected) < 1e-3 and int(length) == 17
+    assert abs(float(hidden_sum) - expected_hidden) < 1e-3
+
+
+COPIED = re.compile(r"^# Copied from (\w+)\.(\w+) with (.+)\nclass (\w+)", re.MULTILINE)
+
+
+def test_deliberate_copies_stay_in_step():
+    """A class marked `# Copied from module.Class with A->B, ...` is that class's source with
+    the names replaced (transformers checks its copies the same way): a change to one family's
+    wrapper that misses the other fails here."""
+    copies = 0
+    for path in sorted((ROOT / "modeling").glob("modeling_*.py")):
+        for module, name, renames, copy in COPIED.findall(path.read_text()):
+            source = inspect.getsource(getattr(importlib.import_module(f"modeling.{module}"), name))
+            for rename in renames.split(","):
+                old, new = (part.strip() for part in rename.split("->"))
+                source = source.replace(old, new)
+            assert inspect.getsource(getattr(importlib.import_module(f"modeling.{path.stem}"), copy)) == source
+            copies += 1
+    assert copies == 1  # MusicXLSTMForCausalLM
+
+
+def test_the_custom_configs_share_their_common_fields():
+    """What the tokenizer, training and generation read from any config is the same in both."""
+    mamba, xlstm = modeling.MusicMambaConfig(), modeling.MusicXLSTMConfig()
+    assert mamba.attribute_map == xlstm.attribute_map == {"hidden_size": "n_embd", "num_hidden_layers": "n_layer"}
+    shared = ["vocab_size", "n_embd", "initializer_range", "bos_token_id", "eos_token_id", "pad_token_id"]
+    shared += ["tie_word_embeddings", "use_cache"]
+    assert {k: getattr(mamba, k) for k in shared} == {k: getattr(xlstm, k) for k in shared}
+    fields = {f.name: f.type for f in dataclasses.fields(mamba)}
+    assert all(fields[k] == {f.name: f.type for f in dataclasses.fields(xlstm)}[k] for k in shared)
 
 
 @pytest.mark.parametrize("size", ["tiny", "small", "base"])

@@ -9,7 +9,11 @@ import miditok
 import pytest
 import symusic
 
+from modeling import catalog
+from modeling.pipeline_midi_generation import MusicVocabulary
 from tokenization import InvalidMidiError, MusicTokenizer, list_midi_files, load_score, split_of, tokenizer_for_sources
+from tokenization.composers import canonical_composer
+from tokenization.grammar import MusicGrammar
 from tokenization.stats import round_trip
 
 
@@ -176,3 +180,39 @@ def test_a_tokenizer_records_its_training_pieces_per_composer(tmp_path):
     assert tokenizer.fingerprint() == fingerprint
     tokenizer.save_pretrained(tmp_path)
     assert MusicTokenizer.from_pretrained(tmp_path).training_pieces == tokenizer.training_pieces
+
+
+@pytest.mark.parametrize("kind", ["plain", "bpe", "bundled"])
+def test_the_pipeline_reads_a_saved_tokenizer_as_the_tokenizer_does(
+    kind, tokenizer, bpe_tokenizer, good_midis, tmp_path
+):
+    """The pipeline's `MusicVocabulary` reads a saved tokenizer with miditok alone (Hub remote code
+    cannot import this project): ids, composer lookup, grammar, encode and decode must agree."""
+    if kind == "bundled":
+        folder = catalog.default_model()
+        tokenizer = MusicTokenizer.from_pretrained(folder)
+    else:
+        tokenizer = bpe_tokenizer if kind == "bpe" else tokenizer
+        folder = tmp_path
+        tokenizer.save_pretrained(folder)
+    vocabulary = MusicVocabulary(str(folder))
+    ids = ("bos_token_id", "eos_token_id", "pad_token_id")
+    assert [getattr(vocabulary, name) for name in ids] == [getattr(tokenizer, name) for name in ids]
+    assert vocabulary.music_size == tokenizer.base_vocab_size
+    assert {f"Composer_{name}": i for name, i in vocabulary.conditions.items()} == tokenizer.condition_token_ids
+    assert vocabulary.composers == tokenizer.composers and vocabulary.grammar == MusicGrammar(tokenizer).to_dict()
+    for name in [*tokenizer.composers, None, "", "Unknown", "Haendel", "J.S. Bach", "MOZART"]:
+        known = name in (None, "", "Unknown") or canonical_composer(name) in tokenizer.composers
+        if known:
+            assert vocabulary.condition_id(name) == tokenizer.composer_token_id(name or None), name
+        else:
+            with pytest.raises(ValueError, match="unknown composer"):
+                vocabulary.condition_id(name)
+            with pytest.raises(ValueError, match="unknown composer"):
+                tokenizer.composer_token_id(name)
+    for midi in good_midis[:3]:
+        score = load_score(midi)
+        music = tokenizer.encode(score)[2:-1]
+        assert vocabulary.encode(score) == music
+        noisy = [tokenizer.bos_token_id, tokenizer.composer_token_id(None), *music, tokenizer.eos_token_id]
+        assert vocabulary.decode(noisy).dumps_midi() == tokenizer.decode(noisy).dumps_midi()
