@@ -54,7 +54,6 @@ from modeling.pipeline_midi_generation import GrammarLogitsProcessor
 from modeling.training import evaluate, nll_summary, rank_labels, training_speed
 from tokenization import (
     BlockCollator,
-    MusicGrammar,
     MusicTokenizer,
     evaluation_blocks,
     open_pieces,
@@ -215,7 +214,7 @@ class Evaluated:
         processors = LogitsProcessorList(
             [
                 MinNewTokensLengthLogitsProcessor(2, args.length, self.tokenizer.eos_token_id),
-                GrammarLogitsProcessor(MusicGrammar(self.tokenizer).to_dict()),
+                GrammarLogitsProcessor(self.tokenizer.grammar().to_dict()),
                 TopPLogitsWarper(args.top_p),
             ]
         )

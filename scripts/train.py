@@ -62,6 +62,7 @@ from modeling.training import (
     remove_partial_checkpoints,
     resolve_checkpoint,
     save_checkpoint,
+    weight_decay_groups,
 )
 from tokenization import (
     BlockCollator,
@@ -423,11 +424,7 @@ def training_rows(
 
 
 def build_optimizer(model: torch.nn.Module, train_args: TrainArguments) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on norms, biases or per-channel vectors)."""
-    decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and "norm" not in name.lower()]
-    chosen = {id(p) for p in decay}
-    rest = [p for p in model.parameters() if id(p) not in chosen]
-    groups = [{"params": decay, "weight_decay": train_args.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    groups = weight_decay_groups(model, train_args.weight_decay)
     return torch.optim.AdamW(groups, lr=train_args.learning_rate, betas=(0.9, train_args.adam_beta2))
 
 

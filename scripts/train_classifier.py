@@ -39,6 +39,7 @@ from modeling.training import (
     remove_partial_checkpoints,
     resolve_checkpoint,
     save_checkpoint,
+    weight_decay_groups,
 )
 from tokenization import BlockCollator, MusicTokenizer, composer_counts, open_pieces, skip_summary, tokenizer_for
 from tokenization.classification import composers_by_files, evaluation_windows, labelled_pieces, training_batch
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     if untested:
         logger.warning("no test piece of %s: the mean accuracy leaves them out", ", ".join(untested))
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(weight_decay_groups(model, args.weight_decay), lr=args.learning_rate)
     scheduler = get_scheduler(
         "cosine", optimizer, num_warmup_steps=args.warmup_steps, num_training_steps=args.max_steps
     )

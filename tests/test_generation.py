@@ -18,7 +18,6 @@ from conftest import load_script
 from evaluation import rendering
 from modeling import FAMILIES, MidiGenerationPipeline, NoteStreamer, build_config, catalog
 from modeling.pipeline_midi_generation import guide
-from tokenization import MusicGrammar
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +49,7 @@ def test_output_decodes_follows_the_grammar_and_holds_notes(family, generators, 
         composer=["Bach", "Saint-Saëns"], num_return_sequences=2, max_new_tokens=40, min_new_tokens=40, seed=0
     )
     assert [r["composer"] for r in results] == ["Bach", "Bach", "Saint-Saëns", "Saint-Saëns"]
-    grammar = MusicGrammar(tokenizer)
+    grammar = tokenizer.grammar()
     for result in results:
         tokens = result["tokens"]
         assert tokens[:2] == [tokenizer.bos_token_id, tokenizer.composer_token_id(result["composer"])]

@@ -6,7 +6,7 @@ import torch
 from transformers import LogitsProcessorList
 
 from modeling.pipeline_midi_generation import GrammarLogitsProcessor
-from tokenization import InvalidMidiError, MusicGrammar, MusicTokenizer, list_midi_files
+from tokenization import InvalidMidiError, MusicTokenizer, list_midi_files
 
 
 @pytest.fixture(scope="module", params=["plain", "bpe"])
@@ -15,7 +15,7 @@ def any_tokenizer(request, tokenizer, bpe_tokenizer):
 
 
 def test_grammar_accepts_every_real_piece(any_tokenizer):
-    grammar = MusicGrammar(any_tokenizer)
+    grammar = any_tokenizer.grammar()
     accepted = 0
     for midi_file in list_midi_files("bundled")[::3]:
         try:
@@ -30,14 +30,14 @@ def test_grammar_accepts_every_real_piece(any_tokenizer):
 
 def test_a_tokenizer_with_a_mask_token_gets_a_grammar():
     base = miditok.REMI(miditok.TokenizerConfig(special_tokens=["PAD", "BOS", "EOS", "MASK"]))
-    grammar = MusicGrammar(MusicTokenizer(base, composers=["bach"]))
+    grammar = MusicTokenizer(base, composers=["bach"]).grammar()
     assert not grammar.allowed[:, base.vocab["MASK_None"]].any()
 
 
 def sample(tokenizer, steps: int, batch: int, seed: int) -> torch.Tensor:
     """Random logits through the generation grammar processor (the worst possible model), EOS
     banned; the processor reads the grammar as saved with the tokenizer."""
-    processors = LogitsProcessorList([GrammarLogitsProcessor(MusicGrammar(tokenizer).to_dict())])
+    processors = LogitsProcessorList([GrammarLogitsProcessor(tokenizer.grammar().to_dict())])
     generator = torch.Generator().manual_seed(seed)
     ids = torch.full((batch, 1), tokenizer.bos_token_id)
     for _ in range(steps):
@@ -58,7 +58,7 @@ def test_sampled_sequences_follow_miditok_syntax_and_decode(any_tokenizer):
 
 
 def test_processor_masks_only_forbidden_tokens(tokenizer):
-    processor = GrammarLogitsProcessor(MusicGrammar(tokenizer).to_dict())
+    processor = GrammarLogitsProcessor(tokenizer.grammar().to_dict())
     scores = processor(torch.tensor([[tokenizer.bos_token_id]]), torch.zeros(1, tokenizer.vocab_size))
     allowed = torch.isfinite(scores[0]).nonzero().flatten().tolist()
     assert allowed == list(tokenizer.condition_token_ids.values())
@@ -74,7 +74,7 @@ def test_processor_masks_only_forbidden_tokens(tokenizer):
 def test_grammar_is_saved_with_the_tokenizer(bpe_tokenizer, tmp_path):
     bpe_tokenizer.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "music_tokenizer.json").read_text())["grammar"]
-    grammar = MusicGrammar(bpe_tokenizer)
+    grammar = bpe_tokenizer.grammar()
     assert saved == grammar.to_dict()
     assert len(saved["first_state"]) == len(saved["last_state"]) == len(bpe_tokenizer)
     # a BPE token that spans Pitch..Velocity starts in the Pitch state and ends in the Velocity state

@@ -87,7 +87,7 @@ def test_benchmarks_write_their_json(tmp_path):
     sampling = tmp_path / "pipeline.json"
     result = run_script(
         "scripts/benchmark.py", "pipeline", "--preset", "tiny", "--rows", "2", "--lengths", "8", "300",
-        "--guidance_scales", "1", "2", "--realtime_tokens", "64", "--json", str(sampling),
+        "--guidance_scales", "1", "2", "--realtime_tokens", "64", "--repeats", "1", "--json", str(sampling),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(sampling.read_text())

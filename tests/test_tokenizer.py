@@ -13,7 +13,6 @@ from modeling import catalog
 from modeling.pipeline_midi_generation import MusicVocabulary
 from tokenization import InvalidMidiError, MusicTokenizer, list_midi_files, load_score, split_of, tokenizer_for_sources
 from tokenization.composers import canonical_composer
-from tokenization.grammar import MusicGrammar
 from tokenization.stats import round_trip
 
 
@@ -200,7 +199,7 @@ def test_the_pipeline_reads_a_saved_tokenizer_as_the_tokenizer_does(
     assert [getattr(vocabulary, name) for name in ids] == [getattr(tokenizer, name) for name in ids]
     assert vocabulary.music_size == tokenizer.base_vocab_size
     assert {f"Composer_{name}": i for name, i in vocabulary.conditions.items()} == tokenizer.condition_token_ids
-    assert vocabulary.composers == tokenizer.composers and vocabulary.grammar == MusicGrammar(tokenizer).to_dict()
+    assert vocabulary.composers == tokenizer.composers and vocabulary.grammar == tokenizer.grammar().to_dict()
     for name in [*tokenizer.composers, None, "", "Unknown", "Haendel", "J.S. Bach", "MOZART"]:
         known = name in (None, "", "Unknown") or canonical_composer(name) in tokenizer.composers
         if known:

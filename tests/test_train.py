@@ -21,7 +21,13 @@ from transformers import AutoModelForCausalLM, GPT2Config, pipeline
 import modeling
 from conftest import QUIET, ROOT, eval_metrics, load_script, train, train_losses
 from model_cards import hub_datasets
-from modeling.training import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
+from modeling.training import (
+    list_checkpoints,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+    weight_decay_groups,
+)
 from tokenization import BlockCollator, MusicTokenizer, TokenBlockStream, TokenCache
 
 DIGESTS = re.compile(r"rank (\d): .*; data digest (\w+); parameter digest (\w+)")
@@ -284,3 +290,15 @@ def test_push_uploads_the_model_folder_in_the_background(tmp_path, monkeypatch):
 def test_model_card_lists_the_hub_datasets_among_the_sources():
     sources = ["drengskapur/midi-classical-music", "hf://datasets/me/lakh/clean_midi", "lakh:me/other", "bundled"]
     assert hub_datasets([*sources, str(ROOT)]) == ["drengskapur/midi-classical-music", "me/lakh", "me/other"]
+
+
+@pytest.mark.parametrize("family", modeling.FAMILIES)
+def test_every_trainer_decays_matrices_only(family):
+    """One rule for train.py and train_classifier.py: no weight decay on norms, biases, vectors."""
+    model = AutoModelForCausalLM.from_config(modeling.build_config(family, "tiny", MusicTokenizer(composers=["bach"])))
+    decay, rest = weight_decay_groups(model, 0.1)
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and rest["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(rest["params"]) == len(names) and decay["params"] and rest["params"]
+    assert all(p.ndim >= 2 and "norm" not in names[id(p)].lower() for p in decay["params"])
+    assert all(p.ndim < 2 or "norm" in names[id(p)].lower() for p in rest["params"])

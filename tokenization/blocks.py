@@ -38,7 +38,7 @@ import torch
 from datasets import IterableDataset
 from datasets.distributed import split_dataset_by_node
 
-from .composers import UNKNOWN, canonical_composer
+from .composers import UNKNOWN
 from .tokenizer import InvalidMidiError, MusicTokenizer, load_score
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def encode_midi(
     """
     try:
         score = load_score(row["midi"])
-        name = canonical_composer(row["composer"])
+        name = row["composer"]  # canonical: sources name composers once, as they list files
         ids = tokenizer.encode(score, name if name in tokenizer.composers else UNKNOWN)
     except InvalidMidiError as error:
         reason, detail = error.reason, str(error)
@@ -79,8 +79,7 @@ def as_piece(tokenizer: MusicTokenizer, row: dict, skipped: Counter, log: bool =
     if encoded is None:
         return None
     score, ids = encoded
-    composer = canonical_composer(row["composer"])
-    return {"ids": ids, "composer": composer, "path": row["path"], "notes": score.note_num()}
+    return {"ids": ids, "composer": row["composer"], "path": row["path"], "notes": score.note_num()}
 
 
 def pieces_of(rows: Iterable[dict], tokenizer: MusicTokenizer, skipped: Counter) -> Iterator[dict]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import symusic
 
 from .blocks import PREFIX, as_piece
-from .composers import UNKNOWN, canonical_composer
+from .composers import UNKNOWN
 from .tokenizer import MusicTokenizer
 
 MIN_MUSIC_TOKENS = 16  # shorter pieces say too little to be labelled
@@ -64,7 +64,7 @@ def labelled_pieces(
     taken: Counter = Counter()
     pieces = []
     for row in rows:
-        name = canonical_composer(row["composer"])
+        name = row["composer"]
         if name not in composers or (max_per_composer is not None and taken[name] >= max_per_composer):
             continue
         piece = as_piece(tokenizer, row, skipped)

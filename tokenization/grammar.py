@@ -1,4 +1,4 @@
-"""A decoding grammar derived from the tokenizer: which token may follow which.
+"""A decoding grammar derived from miditok's token types: which token may follow which.
 
 miditok describes REMI's syntax as a graph of token types (`tokens_types_graph`:
 Position -> Program -> Pitch -> Velocity -> Duration -> ...). We lift it to token ids:
@@ -13,12 +13,7 @@ small tables, so that generation applies it from the saved folder without this p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
-
-if TYPE_CHECKING:
-    from .tokenizer import MusicTokenizer
 
 FRAME_TYPES = ("PAD", "BOS", "EOS", "MASK")
 MUSIC_START = "Bar"
@@ -40,24 +35,18 @@ class MusicGrammar:
     `allowed[last_state[id]]` the ids that may come after `id`.
     """
 
-    def __init__(self, tokenizer: MusicTokenizer) -> None:
-        graph = {
-            t: {token_type(n) for n in nexts} - set(FRAME_TYPES)
-            for t, nexts in tokenizer.base.tokens_types_graph.items()
-        }
+    def __init__(self, types_graph: dict[str, list[str]], id_types: list[list[str]]) -> None:
+        """`types_graph`: miditok's `tokens_types_graph`; `id_types`: per id, the types of the
+        REMI tokens it stands for (`[CONDITION]` for a condition token, `[]` for none)."""
+        graph = {t: {token_type(n) for n in nexts} - set(FRAME_TYPES) for t, nexts in types_graph.items()}
         music_types = sorted(t for t in graph if t not in FRAME_TYPES)
         if MUSIC_START not in music_types:
             raise ValueError(f"the tokenizer has no {MUSIC_START} tokens: the grammar needs REMI-style bars")
         self.states = [*music_types, *FRAME_TYPES, CONDITION, VOID]
         index = {name: i for i, name in enumerate(self.states)}
-        first, last = [], []
-        for token_id in range(tokenizer.vocab_size):
-            if token_id >= tokenizer.base_vocab_size:
-                kinds = [CONDITION]
-            else:
-                kinds = [token_type(t) for t in tokenizer.base_tokens(token_id)] or [VOID]
-            first.append(index[kinds[0]])
-            last.append(index[kinds[-1]])
+        kinds = [types or [VOID] for types in id_types]
+        first = [index[k[0]] for k in kinds]
+        last = [index[k[-1]] for k in kinds]
         successors = {t: graph.get(t, set()) | {"EOS"} for t in music_types}
         # MASK and VOID are never generated: after one given in a prompt, only the end may follow
         successors.update(

@@ -10,7 +10,9 @@ code. `datasets.load_dataset` on the classical repo would only yield its
   unless asked for;
 - `folder`: any tree of MIDI files, composer `Unknown`.
 
-The layout is detected, or forced with a prefix: `lakh:/data/clean_midi`.
+The composer is named here once, canonically (`composers.canonical_composer`: aliases and
+spellings folded); everything downstream (token caches, blocks, the classifier) takes the
+name as it comes. The layout is detected, or forced with a prefix: `lakh:/data/clean_midi`.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .composers import ALIASES, HYPHENATED, UNKNOWN, canonical_composer
-from .grammar import MusicGrammar
+from .grammar import CONDITION, MusicGrammar, token_type
 
 BASE_FILE = "tokenizer.json"
 CONDITIONS_FILE = "music_tokenizer.json"
@@ -175,6 +175,11 @@ class MusicTokenizer:
         self.base.decode_token_ids(seq)  # sets the tokens too: no need for the slow complete_sequence
         return seq.tokens
 
+    def grammar(self) -> MusicGrammar:
+        """Which id may follow which: miditok's graph of REMI token types, lifted to these ids."""
+        types = [[token_type(t) for t in self.base_tokens(i)] for i in range(self.base_vocab_size)]
+        return MusicGrammar(self.base.tokens_types_graph, types + [[CONDITION]] * len(self._conditions))
+
     # ----- encoding -----
     def encode(self, midi: MidiInput, composer: str | None = None) -> list[int]:
         """Token ids of a piece: `BOS, Composer_<composer>, <REMI/BPE tokens>, EOS`."""
@@ -227,7 +232,7 @@ class MusicTokenizer:
             "training_pieces": dict(sorted(self.training_pieces.items(), key=lambda item: (-item[1], item[0]))),
             "composer_aliases": ALIASES,
             "hyphenated_composers": list(HYPHENATED),
-            "grammar": MusicGrammar(self).to_dict(),
+            "grammar": self.grammar().to_dict(),
         }
         (folder / CONDITIONS_FILE).write_text(json.dumps(description, indent=2) + "\n")
 
