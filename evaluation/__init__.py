@@ -1,7 +1,11 @@
-"""Evaluation of trained models: how well they follow their condition, and how sure we are;
-and `rendering`, what a listener hears and sees of their music (audio, piano rolls).
+"""Evaluation of trained models: `likelihood` (held-out loss, bits per token and per note,
+summed across processes), `identification` (does the model's likelihood name the composer,
+and how sure we are), `classification` (the composer classifier's windows and its ranked
+predictions), `metrics` (music statistics of real and generated pieces, their distances,
+top-k accuracy), and `rendering`, what a listener hears and sees (audio, piano rolls).
 
-It may import `modeling` and `tokenization`; only scripts import it.
+It may import `modeling` and `tokenization`; only scripts import it (`modeling`, which must
+stay importable alone as Hub remote code, never does).
 """
 
 from .identification import (

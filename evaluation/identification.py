@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from modeling.training import token_nll
 from tokenization import BlockCollator, MusicTokenizer
 from tokenization.blocks import IGNORE, PREFIX
+
+from .likelihood import token_nll
 
 POSITIONS = ("opening", "middle")
 MIN_TOKENS = 16  # shorter windows say too little about their composer

@@ -1,7 +1,7 @@
 """What a training script needs beyond `Accelerator`: the parallelism the launch asked for
 (FSDP on CPUs too), checkpoints that resume exactly and survive a kill while they are
 written, a clean stop on a signal or at a time limit, DataLoader workers that die with their
-process, held-out likelihood summed across ranks, and the ranked predictions of a classifier.
+process, and the optimizer's parameter groups. (Held-out likelihood lives in `evaluation`.)
 
 A checkpoint is `accelerator.save_state` (model, optimizer, registered objects such as the
 scheduler, every rank's random state) plus one data-position file per rank (each rank
@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
-import math
 import multiprocessing
 import os
 import re
@@ -26,11 +25,10 @@ import statistics
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, parse_flag_from_env
 from torch.distributed.fsdp import FSDPModule
@@ -253,74 +251,6 @@ def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dic
     chosen = {id(p) for p in decay}
     rest = [p for p in model.parameters() if id(p) not in chosen]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-
-
-def token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Next-token negative log-likelihood in nats of each labelled position, `[batch, length - 1]`
-    (0 where the label is -100)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return F.cross_entropy(
-        logits[:, :-1].transpose(1, 2).float(), batch["labels"][:, 1:], ignore_index=-100, reduction="none"
-    )
-
-
-def summed_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of next-token negative log-likelihoods in nats, number of predicted tokens)."""
-    return token_nll(model, batch).sum(), (batch["labels"][:, 1:] != -100).sum()
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: Iterable[dict], accelerator: Accelerator | None, notes: int) -> dict:
-    """Loss (nats per token), bits per token and bits per note over every rank's batches.
-
-    `notes` is the number of notes in the whole evaluation set (all ranks together). Without
-    an `accelerator` (one process) the batches go to the model's device. The model is left
-    in the mode it was in.
-    """
-    device = accelerator.device if accelerator is not None else next(model.parameters()).device
-    training = model.training
-    model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=device)
-    for batch in batches:
-        nll, count = summed_nll(model, {k: v.to(device) for k, v in batch.items()})
-        total += torch.stack([nll.double(), count.double()])
-    model.train(training)
-    if accelerator is not None:
-        total = accelerator.reduce(total, reduction="sum")
-    nll, count = total.tolist()
-    return nll_summary(nll, count, notes)
-
-
-def nll_summary(nll: float, count: int, notes: int) -> dict:
-    """Loss (nats per token), bits per token and bits per note from summed nats over `count` tokens."""
-    if not count:
-        raise ValueError("the evaluation set has no tokens to predict: check the validation source")
-    return {
-        "loss": nll / count,
-        "bits_per_token": nll / count / math.log(2),
-        "bits_per_note": nll / notes / math.log(2) if notes else float("nan"),
-        "tokens": int(count),
-    }
-
-
-@torch.no_grad()
-def rank_labels(model: torch.nn.Module, windows: list[list[int]], batch_size: int = 32) -> list[list[str]]:
-    """For each window of token ids, the classifier's label names, most likely first.
-
-    Windows are right-padded with the config's `pad_token_id`; sequence-classification
-    heads read the last token that is not padding.
-    """
-    model.eval()
-    device = next(model.parameters()).device
-    pad = model.config.pad_token_id
-    ranked = []
-    for start in range(0, len(windows), batch_size):
-        chunk = windows[start : start + batch_size]
-        length = max(len(w) for w in chunk)
-        input_ids = torch.tensor([w + [pad] * (length - len(w)) for w in chunk], device=device)
-        logits = model(input_ids=input_ids, attention_mask=(input_ids != pad).long()).logits
-        ranked.extend(logits.argsort(dim=-1, descending=True).tolist())
-    return [[model.config.id2label[i] for i in row] for row in ranked]
 
 
 def parameter_digest(model: torch.nn.Module) -> str:

@@ -48,10 +48,13 @@ from transformers import (
 
 import modeling
 from evaluation import POSITIONS, bootstrap_interval, identification, identification_windows, window_tokens
+from evaluation.classification import frame, labelled_pieces, music_ids, rank_labels, same_vocabulary
+from evaluation.likelihood import evaluate, nll_summary
+from evaluation.metrics import BINS, FEATURES, set_distances, set_histograms, topk_accuracy
 from modeling.ngram import CONFIG_NAME as NGRAM_CONFIG
 from modeling.ngram import NGramModel
 from modeling.pipeline_midi_generation import GrammarLogitsProcessor
-from modeling.training import evaluate, nll_summary, rank_labels, training_speed
+from modeling.training import training_speed
 from tokenization import (
     BlockCollator,
     MusicTokenizer,
@@ -60,9 +63,7 @@ from tokenization import (
     pieces_of,
     skip_summary,
 )
-from tokenization.classification import frame, labelled_pieces, music_ids, same_vocabulary
 from tokenization.composers import canonical_composer
-from tokenization.metrics import BINS, FEATURES, set_distances, set_histograms, topk_accuracy
 from tokenization.sources import sample_paths
 
 

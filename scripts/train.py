@@ -48,12 +48,12 @@ from transformers import AutoConfig, AutoModelForCausalLM, HfArgumentParser, get
 import modeling
 from evaluation import identification, identification_windows, window_tokens
 from evaluation.identification import summary_metrics
+from evaluation.likelihood import evaluate
 from model_cards import model_card
 from modeling.training import (
     StopRequest,
     build_accelerator,
     describe_strategy,
-    evaluate,
     list_checkpoints,
     load_checkpoint,
     parameter_digest,

@@ -32,19 +32,24 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSequenceClassification, HfArgumentParser, get_scheduler
 
 import modeling
+from evaluation.classification import (
+    composers_by_files,
+    evaluation_windows,
+    labelled_pieces,
+    rank_labels,
+    training_batch,
+)
+from evaluation.metrics import topk_accuracy
 from modeling.training import (
     list_checkpoints,
     load_checkpoint,
-    rank_labels,
     remove_partial_checkpoints,
     resolve_checkpoint,
     save_checkpoint,
     weight_decay_groups,
 )
 from tokenization import BlockCollator, MusicTokenizer, composer_counts, open_pieces, skip_summary, tokenizer_for
-from tokenization.classification import composers_by_files, evaluation_windows, labelled_pieces, training_batch
 from tokenization.composers import canonical_composer
-from tokenization.metrics import topk_accuracy
 
 logger = get_logger(__name__)
 RESULTS_FILE = "classifier_results.json"

@@ -19,7 +19,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import QUIET, ROOT, eval_metrics, train, train_losses
-from modeling.training import build_accelerator, evaluate, resolve_checkpoint
+from evaluation.likelihood import evaluate
+from modeling.training import build_accelerator, resolve_checkpoint
 from tokenization import BlockCollator, MusicTokenizer, evaluation_blocks, open_pieces
 
 LAUNCH = (sys.executable, "-m", "accelerate.commands.launch", "--config_file")

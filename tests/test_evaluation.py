@@ -12,17 +12,17 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from conftest import load_script
-from modeling import build_config
-from modeling.training import rank_labels
-from tokenization import load_source
-from tokenization.classification import (
+from evaluation.classification import (
     composers_by_files,
     evaluation_windows,
     labelled_pieces,
     music_ids,
+    rank_labels,
     same_vocabulary,
     training_batch,
 )
+from modeling import build_config
+from tokenization import load_source
 
 CLASSES = ["bach", "chopin", "mozart"]
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import symusic
 
-from tokenization.metrics import (
+from evaluation.metrics import (
     BINS,
     FEATURES,
     histogram_distances,

@@ -14,10 +14,11 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import symusic
+import torch
 
-from .blocks import PREFIX, as_piece
-from .composers import UNKNOWN
-from .tokenizer import MusicTokenizer
+from tokenization.blocks import PREFIX, as_piece
+from tokenization.composers import UNKNOWN
+from tokenization.tokenizer import MusicTokenizer
 
 MIN_MUSIC_TOKENS = 16  # shorter pieces say too little to be labelled
 
@@ -118,3 +119,23 @@ def training_batch(
         windows.append(frame(tokenizer, music[start : start + length]))
         labels.append(name)
     return windows, labels
+
+
+@torch.no_grad()
+def rank_labels(model: torch.nn.Module, windows: list[list[int]], batch_size: int = 32) -> list[list[str]]:
+    """For each window of token ids, the classifier's label names, most likely first.
+
+    Windows are right-padded with the config's `pad_token_id`; sequence-classification
+    heads read the last token that is not padding.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    pad = model.config.pad_token_id
+    ranked = []
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start : start + batch_size]
+        length = max(len(w) for w in chunk)
+        input_ids = torch.tensor([w + [pad] * (length - len(w)) for w in chunk], device=device)
+        logits = model(input_ids=input_ids, attention_mask=(input_ids != pad).long()).logits
+        ranked.extend(logits.argsort(dim=-1, descending=True).tolist())
+    return [[model.config.id2label[i] for i in row] for row in ranked]
