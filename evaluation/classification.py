@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import symusic
 import torch
+from transformers import AutoModelForSequenceClassification
 
 from tokenization.blocks import PREFIX, as_piece
 from tokenization.composers import UNKNOWN
@@ -139,3 +140,38 @@ def rank_labels(model: torch.nn.Module, windows: list[list[int]], batch_size: in
         logits = model(input_ids=input_ids, attention_mask=(input_ids != pad).long()).logits
         ranked.extend(logits.argsort(dim=-1, descending=True).tolist())
     return [[model.config.id2label[i] for i in row] for row in ranked]
+
+
+class Judge:
+    """The composer classifier, which reads music with its own tokenizer."""
+
+    def __init__(self, folder: str, device: str, model_tokenizer: MusicTokenizer) -> None:
+        self.model = AutoModelForSequenceClassification.from_pretrained(folder).to(device)
+        self.tokenizer = MusicTokenizer.from_pretrained(folder)
+        self.window = getattr(self.model.config, "window_tokens", None)
+        if self.window is None:
+            raise ValueError(f"{folder} has no window_tokens in its config: give a train_classifier.py output folder")
+        self.labels = list(self.model.config.label2id)
+        self.shared = same_vocabulary(self.tokenizer, model_tokenizer)
+
+    def read(self, samples: list[list[int]], scores: list[symusic.Score]) -> list[list[int]]:
+        """The music tokens of generated samples in the classifier's vocabulary: the model's own ids
+        when the vocabularies agree (they decode to the same music; encoding a generated score
+        again can fail in miditok), else the score encoded again (no tokens where miditok cannot
+        encode it: the classifier then misses that sample)."""
+        if self.shared:
+            special = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+            return [[i for i in ids[2:] if i not in special] for ids in samples]
+        musics = []
+        for score in scores:
+            try:
+                musics.append(music_ids(self.tokenizer, score))
+            except Exception:  # miditok fails on some odd scores (durations after a metre change)
+                musics.append([])
+        return musics
+
+    def rank(self, musics: list[list[int]]) -> list[list[str]]:
+        """Labels, best first, for the opening window of each piece; none for a piece without tokens."""
+        readable = [music for music in musics if music]
+        ranked = iter(rank_labels(self.model, [frame(self.tokenizer, m[: self.window]) for m in readable]))
+        return [next(ranked) if music else [] for music in musics]

@@ -196,3 +196,17 @@ def topk_accuracy(
         "mean": {f"top{k}": float(np.mean([scores[f"top{k}"] for scores in per_class.values()])) for k in ks},
         "micro": {f"top{k}": float(hits[k].mean()) for k in ks},
     }
+
+
+def mean_distances(distances: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per feature, overlap and KL averaged over composers (those with values)."""
+    means = {}
+    for feature in FEATURES:
+        values = [d[feature] for d in distances.values()]
+        means[feature] = {
+            key: float(np.nanmean([v[key] for v in values]))
+            if any(not np.isnan(v[key]) for v in values)
+            else float("nan")
+            for key in ("overlap", "kl")
+        }
+    return means
