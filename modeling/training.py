@@ -60,9 +60,9 @@ def build_accelerator(**kwargs) -> Accelerator:
         accelerator.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
     if accelerator.distributed_type != DistributedType.FSDP:
         raise ValueError(
-            f"the launch config asks for FSDP, but this run is {accelerator.distributed_type.value} with "
-            f"{accelerator.num_processes} process(es): launch 2 or more (--num_processes 2), or use a config "
-            "without FSDP"
+            f"FSDP was asked for (ACCELERATE_USE_FSDP), but this run is {accelerator.distributed_type.value} "
+            f"with {accelerator.num_processes} process(es) and cannot shard: start it with accelerate launch "
+            "(--num_processes 2 or more splits the model), or without FSDP"
         )
     return accelerator
 

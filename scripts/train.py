@@ -482,13 +482,16 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     output_dir = Path(train_args.output_dir)
     trackers = [] if train_args.report_to == "none" else train_args.report_to.split(",")
-    accelerator = build_accelerator(
-        # `accelerate launch` does not pass a config's `use_cpu` to multi-process runs.
-        cpu=not torch.cuda.is_available(),
-        gradient_accumulation_steps=train_args.gradient_accumulation_steps,
-        log_with=trackers or None,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
-    )
+    try:
+        accelerator = build_accelerator(
+            # `accelerate launch` does not pass a config's `use_cpu` to multi-process runs.
+            cpu=not torch.cuda.is_available(),
+            gradient_accumulation_steps=train_args.gradient_accumulation_steps,
+            log_with=trackers or None,
+            project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "runs")),
+        )
+    except ValueError as error:  # the launch asked for what this run cannot do
+        sys.exit(f"error: {error}")
     logger.info(accelerator.state, main_process_only=False)
     set_seed(train_args.seed)
     if accelerator.is_main_process:

@@ -180,8 +180,13 @@ def test_dataloader_workers_end_when_their_main_process_is_killed(tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def test_a_launch_that_asks_for_fsdp_gets_it_or_stops(monkeypatch):
-    """One process cannot shard: the FSDP request stops the run instead of falling back."""
+def test_a_run_that_asks_for_fsdp_gets_it_or_stops(monkeypatch, tmp_path):
+    """Without a process group nothing can be sharded: the FSDP request stops the run instead of
+    falling back (accelerate launch with one process gets FSDP over one rank, as on one GPU)."""
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(ValueError, match=r"asks for FSDP, but this run is NO with 1 process\(es\): launch 2 or more"):
+    with pytest.raises(ValueError, match=r"this run is NO with 1 process\(es\) and cannot shard: start it with"):
         build_accelerator(cpu=True)
+    command = [sys.executable, "scripts/train.py", *arguments("transformer", tmp_path), *QUIET]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)  # the environment set above
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: FSDP was asked for (ACCELERATE_USE_FSDP)")
