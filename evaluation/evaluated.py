@@ -6,6 +6,7 @@ turns one guidance scale's samples into the classifier's verdict and music stati
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from pathlib import Path
@@ -78,6 +79,17 @@ class LanguageModelEvaluated:
         self.family = self.model.config.model_type
         self.parameters = sum(p.numel() for p in self.model.parameters())
 
+    @functools.cached_property
+    def generator(self) -> modeling.MidiGenerationPipeline:
+        """The pipeline, made once for every guidance scale (it reads the music tokenizer)."""
+        return pipeline(
+            "midi-generation",
+            model=self.model,
+            music_tokenizer=self.name,
+            pipeline_class=modeling.MidiGenerationPipeline,
+            device=self.device,
+        )
+
     def likelihood(self, rows: list[dict], block_size: int, batch_size: int) -> dict:
         """Bits per token and per note over the test pieces, in blocks as `train.py` evaluates."""
         size = min(block_size, getattr(self.model.config, "n_positions", block_size))
@@ -112,14 +124,7 @@ class LanguageModelEvaluated:
         self, composers: list[str], num_samples: int, length: int, top_p: float, guidance_scale: float, seed: int
     ) -> list[list[int]]:
         """`num_samples` token sequences per composer (composer-major order), each `length` new tokens."""
-        generator = pipeline(
-            "midi-generation",
-            model=self.model,
-            music_tokenizer=self.name,
-            pipeline_class=modeling.MidiGenerationPipeline,
-            device=self.device,
-        )
-        results = generator(
+        results = self.generator(
             composer=composers,
             num_return_sequences=num_samples,
             max_new_tokens=length,

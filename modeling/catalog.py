@@ -17,7 +17,7 @@ DEFAULT_FAMILY = "transformer"
 def bundled_models() -> dict[str, Path]:
     """The models shipped in this project (`modeling/pretrained/`), by family."""
     folders = sorted(p for p in (Path(__file__).parent / "pretrained").iterdir() if p.is_dir())
-    return {family_of(p): p for p in folders if family_of(p)}
+    return {family: p for p in folders if (family := family_of(p))}
 
 
 def default_model() -> Path:

@@ -60,6 +60,7 @@ from transformers import (
 )
 
 from modeling import FAMILIES, build_config, modeling_music_xlstm
+from modeling.catalog import bundled_models
 
 
 @dataclass
@@ -575,8 +576,7 @@ def benchmark_pipeline(args: PipelineArguments) -> dict:
                     f"({row['overhead']:+.0%}), {row['window_prefills']} window prefills",
                     flush=True,
                 )
-    folders = sorted(p for p in (Path(__file__).parents[1] / "modeling" / "pretrained").iterdir() if p.is_dir())
-    realtime_runs = [realtime(folder, args.realtime_tokens, args.device) for folder in folders]
+    realtime_runs = [realtime(folder, args.realtime_tokens, args.device) for folder in bundled_models().values()]
     for run in realtime_runs:
         print(
             f"{run['model']}: first note after {run['first_note_s']:.2f} s, {run['music_seconds']:.1f} s of music in "
