@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from .identification import POSITIONS
-from .metrics import BINS, FEATURES
+from .metrics import FEATURES
 
 
 def plot_histograms(real: dict, generated: dict, path: Path, title: str) -> Path:
@@ -18,21 +16,21 @@ def plot_histograms(real: dict, generated: dict, path: Path, title: str) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(len(real), len(FEATURES), figsize=(3 * len(FEATURES), 1.8 * len(real)), squeeze=False)
+    size = (3 * len(FEATURES), 1.8 * len(real))
+    figure, axes = plt.subplots(len(real), len(FEATURES), figsize=size, squeeze=False, layout="constrained")
     for row, composer in enumerate(real):
         for column, feature in enumerate(FEATURES):
             ax = axes[row][column]
-            x = np.arange(len(BINS[feature]) - 1)
-            ax.bar(x, real[composer][feature], width=1.0, alpha=0.5, label="real")
-            ax.bar(x, generated[composer][feature], width=1.0, alpha=0.5, label="generated")
-            ax.set_xticks([])
+            # One filled outline per histogram: a bar per bin made the plots most of evaluate.py's time.
+            ax.stairs(real[composer][feature], fill=True, alpha=0.5, label="real")
+            ax.stairs(generated[composer][feature], fill=True, alpha=0.5, label="generated")
+            ax.set_xticks([]), ax.set_yticks([])  # shapes are compared, not values; ticks cost half the time
             if row == 0:
                 ax.set_title(feature.replace("_", " "))
             if column == 0:
                 ax.set_ylabel(composer)
     axes[0][0].legend(fontsize="small")
     figure.suptitle(title)
-    figure.tight_layout()
     figure.savefig(path, dpi=80)
     plt.close(figure)
     return path

@@ -92,6 +92,16 @@ def test_unusable_midi_says_why(tokenizer, bad_midis, kind):
     assert error.value.reason == expected
 
 
+def test_a_cut_file_is_refused_before_the_parser_reads_past_its_end(good_midis):
+    """symusic reads a cut file past its end: a different error each time, garbage notes, or a
+    segmentation fault that ends the whole training run (all three seen on these files)."""
+    for midi in good_midis:
+        for eighth in range(1, 8):
+            cut = midi[: len(midi) * eighth // 8]
+            with pytest.raises(InvalidMidiError, match="unreadable: truncated: "):
+                load_score(cut)
+
+
 def test_save_and_load_round_trip(bpe_tokenizer, tmp_path, good_midis):
     bpe_tokenizer.save_pretrained(tmp_path)
     loaded = MusicTokenizer.from_pretrained(tmp_path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -69,6 +70,7 @@ def load_score(midi: MidiInput) -> symusic.Score:
         data = Path(midi).read_bytes() if isinstance(midi, (str, Path)) else bytes(midi)
         if not data:
             raise InvalidMidiError("empty", "0 bytes")
+        check_track_lengths(data)
         try:
             score = symusic.Score.from_midi(data)
         except Exception as error:  # symusic raises RuntimeError/ValueError with its parser's text
@@ -76,6 +78,31 @@ def load_score(midi: MidiInput) -> symusic.Score:
     if score.note_num() == 0:
         raise InvalidMidiError("no notes")
     return score
+
+
+def check_track_lengths(data: bytes) -> None:
+    """Raise `InvalidMidiError` when a track the header announces runs past the end of the file.
+
+    symusic parses such a cut file past its end: the same bytes then fail with a different
+    message each time, now and then a score of garbage notes, or a segmentation fault that ends
+    the process. Trailing bytes after
+    the last track (old files often carry padding) are left to symusic.
+    """
+    if data[:4] != b"MThd" or len(data) < 14:
+        return  # symusic names what is wrong with the header
+    (tracks,) = struct.unpack_from(">H", data, 10)
+    position, found = 8 + struct.unpack_from(">I", data, 4)[0], 0
+    while found < tracks:
+        if position + 8 > len(data):
+            raise InvalidMidiError("unreadable", f"truncated: {found} of {tracks} tracks before the end of the file")
+        kind, (length,) = data[position : position + 4], struct.unpack_from(">I", data, position + 4)
+        overrun = position + 8 + length - len(data)
+        if overrun > 0:
+            raise InvalidMidiError(
+                "unreadable", f"truncated: track {found + 1} of {tracks} runs {overrun} bytes past the end"
+            )
+        found += kind == b"MTrk"
+        position += 8 + length
 
 
 class MusicTokenizer:
