@@ -1,4 +1,3 @@
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -47,63 +46,6 @@ def test_usage_lines_show_the_positional_arguments():
     assert (
         usage.startswith("usage: evaluate.py MODEL --classifier CLS") and "evaluate.py --table RESULTS.json" in usage
     )
-
-
-def test_benchmarks_write_their_json(tmp_path):
-    """The benchmark scripts run end to end (their figures are recorded, not asserted)."""
-    models = tmp_path / "models.json"
-    result = run_script(
-        "scripts/benchmark.py", "models", "--preset", "tiny", "--references", "false", "--train_lengths", "32",
-        "--contexts", "16", "64", "--new_tokens", "2", "--block_lengths", "24", "--train_batch", "2",
-        "--json", str(models),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    output = json.loads(models.read_text())
-    results = output["results"]
-    names = ["transformer_tiny", "mamba_tiny", "xlstm_tiny sLSTM vanilla", "xlstm_tiny sLSTM native"]
-    assert [r["model"] for r in results] == names  # flashrnn: CUDA only
-    assert all(r["training"][0]["batch"] == 2 for r in results)
-    assert [(b["block"], b["length"]) for b in output["blocks"]] == [
-        ("mLSTM", 24), ("sLSTM vanilla", 24), ("sLSTM native", 24)
-    ]  # fmt: skip
-    assert all(b["ms"] > 0 for b in output["blocks"])
-    recurrent = [r for r in results if r["model"] != "transformer_tiny"]
-    assert all(r["generation"][0]["cache_bytes"] == r["generation"][1]["cache_bytes"] > 0 for r in recurrent)
-    assert results[0]["generation"][1]["cache_bytes"] > results[0]["generation"][0]["cache_bytes"]
-    assert models.with_suffix(".png").stat().st_size > 0
-
-    data = tmp_path / "data.json"
-    result = run_script(
-        "scripts/benchmark.py", "data", "--max_files", "4", "--workers", "0", "--repeats", "2", "--json", str(data)
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(data.read_text())
-    midi, cached = report["token_block_stream"]["midi"][0], report["token_block_stream"]["cache"][0]
-    assert midi["files"] == cached["files"] == report["miditok_datasetmidi"]["files"] == 4
-    assert midi["tokens"] == cached["tokens"] > 0  # the same pieces, read two ways; counted in the last pass
-    assert len(midi["passes"]) == len(cached["passes"]) == 2
-    assert report["token_cache"]["bytes_on_disk"] > 0 and report["speedup_of_the_cache"]["0"] > 0
-
-    sampling = tmp_path / "pipeline.json"
-    result = run_script(
-        "scripts/benchmark.py", "pipeline", "--preset", "tiny", "--rows", "2", "--lengths", "8", "300",
-        "--guidance_scales", "1", "2", "--realtime_tokens", "64", "--repeats", "1", "--json", str(sampling),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(sampling.read_text())
-    rows = report["results"]
-    assert len(rows) == 16 and all(r["ms_per_step"] > 0 and r["bare_ms_per_step"] > 0 for r in rows)
-    # only GPT-2 (tiny: 256 positions) slides its window, once past 256 tokens, with either cache
-    assert {(r["model"], r["cache"], r["length"]): r["window_prefills"] for r in rows if r["guidance_scale"] == 1} == {
-        ("transformer_tiny", "dynamic", 8): 0, ("transformer_tiny", "dynamic", 300): 1,
-        ("transformer_tiny", "static", 8): 0, ("transformer_tiny", "static", 300): 1,
-        ("mamba_tiny", "own", 8): 0, ("mamba_tiny", "own", 300): 0,
-        ("xlstm_tiny", "own", 8): 0, ("xlstm_tiny", "own", 300): 0,
-    }  # fmt: skip
-    # every bundled model at batch 1: the first note comes before the end, music comes out
-    [bundled] = report["realtime"]
-    assert bundled["model"] == "gpt2-small-classical" and 0 < bundled["first_note_s"] < bundled["seconds"]
-    assert bundled["realtime_factor"] == bundled["music_seconds"] / bundled["seconds"] > 0
 
 
 def test_benchmark_names_its_subcommands():

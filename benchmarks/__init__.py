@@ -1,0 +1,22 @@
+"""Speed benchmarks, one module each, run by `scripts/benchmark.py <name>` and written as JSON.
+
+- `data`: the token stream from MIDI and from the token cache, beside miditok's `DatasetMIDI`.
+- `models`: training and generation speed and cache memory of each family, beside transformers' own.
+- `pipeline`: `pipeline("midi-generation")` against the bare model loop, and real time.
+
+Each module holds its `Arguments` (a dataclass for `HfArgumentParser`) and `run(args) -> dict`,
+and imports only what it measures, so `models` runs where the data libraries are not installed
+(a bare GPU machine).
+"""
+
+from __future__ import annotations
+
+import torch
+
+BENCHMARKS = ("data", "models", "pipeline")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a wall-clock time covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
