@@ -29,15 +29,10 @@ number) the same command carries on.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shlex
 import signal
-import statistics
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,21 +41,14 @@ import torch
 from transformers import HfArgumentParser
 
 import modeling
+from evaluation import comparison
+from evaluation.report import comparison_table
 from modeling.compact import save_compact
 from modeling.ngram import CONFIG_NAME as NGRAM_CONFIG
-from modeling.training import read_trainer_state, resolve_checkpoint, training_speed
 from tokenization import split_names
 from tokenization.cache import is_token_cache
 
 ROOT = Path(__file__).resolve().parents[1]
-CARD_NOTE = """
-## Weights
-
-Stored compactly: every weight matrix as float8 (e4m3) with a float32 scale per 64 weights of a
-row, which transformers multiplies back in at load (`quantization_config` in `config.json`), the
-rest in float16. On the test split of `{source}`: {before:.4f} bits per token before, {after:.4f}
-after.
-"""
 
 
 @dataclass
@@ -125,97 +113,6 @@ def check(args: Arguments) -> None:
         raise ValueError(f"source {args.source!r} has no {', '.join(sorted(missing))} split: give a larger source")
 
 
-class Jobs:
-    """Subprocesses, each in a process group of its own, logged to files. A SIGTERM or SIGINT to
-    this script goes to each group once (a training run then checkpoints and exports), and a
-    job counts as done when its whole group has ended, launcher and trainer alike."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs, self.running, self.signal = logs, [], 0
-        logs.mkdir(parents=True, exist_ok=True)
-        for number in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(number, self._forward)
-
-    def _forward(self, number: int, frame) -> None:
-        self.signal = number
-        for process in self.running:
-            with contextlib.suppress(ProcessLookupError):  # the group has just ended
-                os.killpg(process.pid, signal.SIGTERM)
-
-    def start(self, name: str, command: list[str]) -> subprocess.Popen:
-        print(f"{time.strftime('%H:%M:%S')} {name}: {shlex.join(command)}", flush=True)
-        with open(self.logs / f"{name}.log", "w") as log:
-            process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.running.append(process)
-        return process
-
-    def wait(self, started: dict[str, subprocess.Popen]) -> None:
-        """Until every process of every group has ended; says how each job (its launcher) ended."""
-        for name, process in started.items():
-            code = process.wait()
-            while group_alive(process.pid):
-                time.sleep(0.5)
-            self.running.remove(process)
-            state = "done" if code == 0 else f"failed (exit status {code}, see logs/{name}.log)"
-            print(f"{time.strftime('%H:%M:%S')} {name}: {state}", flush=True)
-
-    def run(self, commands: dict[str, list[str]], parallel: bool) -> None:
-        if parallel:
-            self.wait({name: self.start(name, command) for name, command in commands.items()})
-            return
-        for name, command in commands.items():
-            if not self.signal:
-                self.wait({name: self.start(name, command)})
-
-
-def group_alive(group: int) -> bool:
-    """Whether a process of the group still runs. A trainer whose launcher died is reaped by
-    init, or by nobody where this script is process 1 (a container): zombies do not count."""
-    if not Path("/proc").is_dir():
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):  # the process ended while we read
-            state, _, process_group = stat.read_text().rpartition(")")[2].split()[:3]
-            if int(process_group) == group and state != "Z":
-                return True
-    return False
-
-
-class GpuSampler(threading.Thread):
-    """Samples the GPU's utilisation and memory in use every second while training runs."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.utilisation, self.memory, self.finished = [], [], threading.Event()
-
-    def run(self) -> None:
-        self.error = None
-        while not self.finished.wait(1.0):
-            try:
-                busy, used = torch.cuda.utilization(), torch.cuda.device_memory_used() / 2**30
-            except Exception as error:  # no NVML (or an older torch): no figures, and no failure
-                self.error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-                return
-            self.utilisation.append(busy)
-            self.memory.append(used)
-
-    def summary(self) -> dict:
-        self.finished.set()
-        self.join()
-        if not self.utilisation:
-            return {"error": self.error or "no sample"}
-        return {
-            "device": torch.cuda.get_device_name(),
-            "utilisation_percent_mean": statistics.mean(self.utilisation),
-            "memory_gib_max": max(self.memory),
-            "samples": len(self.utilisation),
-        }
-
-
 def launch(args: Arguments, script: str, *flags: str) -> list[str]:
     return [
         *(sys.executable, "-m", "accelerate.commands.launch", "--config_file", args.accelerate_config),
@@ -266,21 +163,9 @@ def train_command(args: Arguments, out: Path, family: str, seconds: float) -> li
     )
 
 
-def last_state(folder: Path) -> dict:
-    """The trainer state of a run's newest checkpoint (empty before its first)."""
-    checkpoint = resolve_checkpoint(folder, "latest")
-    return read_trainer_state(checkpoint) if checkpoint else {}
-
-
-def complete(folder: Path) -> bool:
-    """Whether a training run reached its last step (and so exported its model)."""
-    state = last_state(folder)
-    return "max_steps" in state and state["step"] >= state["max_steps"]
-
-
-def train(args: Arguments, jobs: Jobs, out: Path) -> dict[str, float]:
+def train(args: Arguments, jobs: comparison.Jobs, out: Path) -> dict[str, float]:
     """Train every family not trained yet (resuming what a cut-off run left); wall seconds per family."""
-    families = [f for f in args.families if not complete(out / f)]
+    families = [f for f in args.families if not comparison.complete(out / f)]
     seconds, deadline = {}, time.monotonic() + args.time_limit
     if args.parallel:
         commands = {f: train_command(args, out, f, args.time_limit) for f in families}
@@ -309,21 +194,11 @@ def evaluate_commands(args: Arguments, out: Path, names: list[str]) -> dict[str,
     return {
         f"evaluate-{name}": evaluate_command(args, out / name, out / "eval" / f"{name}.json", *flags)
         for name in names
-        if model_file(out / name) and not up_to_date(out / "eval" / f"{name}.json", out / name)
+        if comparison.model_file(out / name) and not comparison.up_to_date(out / "eval" / f"{name}.json", out / name)
     }
 
 
-def model_file(folder: Path) -> Path | None:
-    """The config of a trained model (or n-gram) in `folder`, written with each export."""
-    return next((folder / name for name in ("config.json", NGRAM_CONFIG) if (folder / name).is_file()), None)
-
-
-def up_to_date(result: Path, folder: Path) -> bool:
-    """Whether `result` was measured on the model now in `folder` (a resumed run exports again)."""
-    return result.is_file() and result.stat().st_mtime >= model_file(folder).stat().st_mtime
-
-
-def bundle(args: Arguments, jobs: Jobs, out: Path, families: list[str]) -> dict[str, dict]:
+def bundle(args: Arguments, jobs: comparison.Jobs, out: Path, families: list[str]) -> dict[str, dict]:
     """Compact copies in `bundle_dir`, each with its cost in bits per token on the test pieces."""
     copies = {f: Path(args.bundle_dir) / args.bundle_name.format(family=f, preset=args.preset) for f in families}
     sizes = {f: save_compact(out / f, copy) for f, copy in copies.items()}
@@ -333,87 +208,27 @@ def bundle(args: Arguments, jobs: Jobs, out: Path, families: list[str]) -> dict[
                 args, copy, out / "eval" / f"{f}-compact.json", "--likelihood_only"
             )
             for f, copy in copies.items()
-            if not up_to_date(out / "eval" / f"{f}-compact.json", out / f)
+            if not comparison.up_to_date(out / "eval" / f"{f}-compact.json", out / f)
         },
         args.parallel,
     )
     bundled = {}
     for family, copy in copies.items():
-        bundled[family] = {"folder": str(copy), **sizes[family]}
-        full, compact = (read_json(out / "eval" / f"{name}.json") for name in (family, f"{family}-compact"))
-        if full and compact:
-            before, after = full["likelihood"]["bits_per_token"], compact["likelihood"]["bits_per_token"]
-            bundled[family]["bits_per_token_cost"] = after - before
-            with open(copy / "README.md", "a") as card:
-                card.write(CARD_NOTE.format(source=args.source, before=before, after=after))
+        full, compact = (comparison.read_json(out / "eval" / f"{name}.json") for name in (family, f"{family}-compact"))
+        cost = comparison.note_compact_cost(copy, args.source, full, compact)
+        bundled[family] = {"folder": str(copy), **sizes[family], **cost}
     return bundled
-
-
-def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def run_summary(folder: Path) -> dict:
-    """What a training run did: tokens, steps, why it stopped, its median speed."""
-    state = last_state(folder)
-    return {
-        "tokens": state.get("tokens"),
-        "steps": state.get("step"),
-        "max_steps": state.get("max_steps"),
-        "stopped_by": state.get("stopped_by"),
-        "tokens_per_second_median": training_speed(folder),
-    }
-
-
-def summarise(args: Arguments, out: Path, trained: list[str], seconds: dict, gpu: dict, copies: dict) -> dict:
-    """comparison.json: what this command (or, for what it skipped, an earlier one) measured."""
-    previous = read_json(out / "comparison.json") or {}
-    runs = {}
-    for family in trained:
-        earlier = previous.get("runs", {}).get(family, {}).get("wall_seconds")
-        runs[family] = run_summary(out / family) | {"wall_seconds": seconds.get(family, earlier)}
-    likelihoods = {
-        name: (read_json(out / "eval" / f"{name}.json") or {}).get("likelihood")
-        for name in [*trained, "ngram-budget", "ngram-full", *(f"{f}-compact" for f in copies)]
-    }
-    return {
-        "arguments": asdict(args),
-        "mode": "parallel" if args.parallel else "sequential",
-        "gpu": gpu if seconds else previous.get("gpu", {}),
-        "judge": (read_json(out / "judge" / "classifier_results.json") or {}).get("test"),
-        "runs": runs,
-        "bundled": copies,
-        "likelihood": likelihoods,
-    }
 
 
 def report(summary: dict, out: Path) -> None:
     """The table (comparison.md) and a line per run, per compact copy and for the GPU."""
-    tables = [str(out / "eval" / f"{name}.json") for name in summary["likelihood"] if not name.endswith("-compact")]
-    tables = [path for path in tables if Path(path).is_file()]
-    if tables:
-        command = [sys.executable, "scripts/evaluate.py", "--table", *tables]
-        table = subprocess.run(command, cwd=ROOT, capture_output=True, text=True).stdout
-        (out / "comparison.md").write_text(table)
+    results = {name: comparison.read_json(out / "eval" / f"{name}.json") for name in summary["likelihood"]}
+    results = {name: result for name, result in results.items() if result and not name.endswith("-compact")}
+    if results:
+        table = comparison_table(results)
+        (out / "comparison.md").write_text(table + "\n")
         print(table)
-    for family, run in summary["runs"].items():
-        wall, speed, stopped = run["wall_seconds"], run["tokens_per_second_median"], run["stopped_by"]
-        print(
-            f"{family}: {run['tokens'] or 0:,} tokens"
-            + (f" in {wall:.0f} s" if wall else "")
-            + (f", {speed:,.0f} tokens/s" if speed else "")
-            + (f", stopped by {stopped}" if stopped else "")
-        )
-    for family, copy in summary["bundled"].items():
-        cost = copy.get("bits_per_token_cost")
-        print(
-            f"{family}: compact copy {copy['folder']}, {copy['bytes_before'] / 1e6:.1f} -> "
-            f"{copy['bytes_after'] / 1e6:.1f} MB of weights, "
-            + (f"{cost:+.4f} bits/token" if cost is not None else "cost not measured")
-        )
-    gpu = summary["gpu"]
-    if "utilisation_percent_mean" in gpu:
-        print(f"GPU: {gpu['utilisation_percent_mean']:.0f} % busy on average, {gpu['memory_gib_max']:.1f} GiB at most")
+    print("\n".join(comparison.summary_lines(summary)))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -424,14 +239,14 @@ def main(argv: list[str] | None = None) -> dict:
     except (ValueError, OSError) as error:
         parser.error(str(error).splitlines()[0])
     out = Path(args.output_dir)
-    jobs = Jobs(out / "logs")
+    jobs = comparison.Jobs(out / "logs", cwd=ROOT)
     # The judge and the n-grams (CPU) run beside the models; in turn, they go first.
     baselines, commands = {}, baseline_commands(args, out)
     if args.parallel:
         baselines = {name: jobs.start(name, command) for name, command in commands.items()}
     else:
         jobs.run(commands, parallel=False)
-    sampler = GpuSampler() if torch.cuda.is_available() else None
+    sampler = comparison.GpuSampler() if torch.cuda.is_available() else None
     if sampler:
         sampler.start()
     seconds = train(args, jobs, out)
@@ -442,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
     if judged and not jobs.signal:
         jobs.run(evaluate_commands(args, out, [*trained, "ngram-budget", "ngram-full"]), args.parallel)
     copies = bundle(args, jobs, out, trained) if args.bundle_dir and trained and not jobs.signal else {}
-    summary = summarise(args, out, trained, seconds, gpu, copies)
+    summary = comparison.summarise(out, asdict(args), trained, seconds, gpu, copies)
     (out / "comparison.json").write_text(json.dumps(summary, indent=2))
     report(summary, out)
     if jobs.signal:

@@ -11,6 +11,7 @@ import pytest
 from transformers import AutoModelForCausalLM, pipeline
 
 from conftest import ROOT, load_script
+from evaluation.comparison import GpuSampler
 from modeling import FAMILIES
 
 DIGEST = re.compile(r"rank 0: .*; data digest (\w+);")
@@ -123,7 +124,7 @@ def test_without_a_tokenizer_the_families_could_read_different_tokens(capsys, mo
 
 
 def test_the_gpu_sampler_reports_why_it_has_no_figures_instead_of_failing():
-    sampler = load_script("compare").GpuSampler()
+    sampler = GpuSampler()
     sampler.start()
     sampler.finished.wait(1.5)
     summary = sampler.summary()
