@@ -96,8 +96,7 @@ class LanguageModelEvaluated:
         blocks, notes, skipped = evaluation_blocks(rows, self.tokenizer, size)
         if not blocks:
             raise no_usable_piece(skipped)
-        collate = BlockCollator(self.tokenizer.pad_token_id)
-        batches = [collate(blocks[i : i + batch_size]) for i in range(0, len(blocks), batch_size)]
+        batches = BlockCollator(self.tokenizer.pad_token_id).batches(blocks, batch_size)
         return evaluate(self.model, batches, None, notes) | {"notes": notes}
 
     def identification(

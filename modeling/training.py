@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, parse_flag_from_env
+from huggingface_hub import HfApi
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
@@ -147,6 +148,20 @@ def save_checkpoint(
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def push_folder(output_dir: str | Path, repo_id: str, private: bool, message: str):
+    """Start uploading a run's folder to the Hub in the background, checkpoints left out; returns
+    the upload's future, which the run waits for before it exits."""
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    return api.upload_folder(
+        repo_id=repo_id,
+        folder_path=output_dir,
+        commit_message=message,
+        ignore_patterns=["checkpoint-*", ".checkpoint-*"],
+        run_as_future=True,
+    )
 
 
 def read_trainer_state(path: str | Path) -> dict:

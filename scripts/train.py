@@ -40,7 +40,6 @@ import yaml
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
-from huggingface_hub import HfApi
 from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, HfArgumentParser, get_scheduler
@@ -58,6 +57,7 @@ from modeling.training import (
     load_checkpoint,
     parameter_digest,
     prepare_worker,
+    push_folder,
     read_trainer_state,
     remove_partial_checkpoints,
     resolve_checkpoint,
@@ -337,7 +337,7 @@ def eval_batches(tokenizer, data_args: DataArguments, train_args: TrainArguments
     mine = blocks[accelerator.process_index :: accelerator.num_processes]
     collate = BlockCollator(tokenizer.pad_token_id)
     size = train_args.per_device_eval_batch_size
-    batches = [collate(mine[i : i + size]) for i in range(0, len(mine), size)]
+    batches = collate.batches(mine, size)
     # Every process runs the same number of forwards (FSDP gathers weights in each): the
     # ones with fewer blocks add a batch that predicts nothing.
     while len(batches) < math.ceil(math.ceil(len(blocks) / accelerator.num_processes) / size):
@@ -385,21 +385,23 @@ def build_model(model_args: ModelArguments, tokenizer: MusicTokenizer, overrides
     return model
 
 
-def training_rows(
+def card_fields(
     model_args: ModelArguments,
     data_args: DataArguments,
     train_args: TrainArguments,
     accelerator: Accelerator,
     tokenizer: MusicTokenizer,
+    parameters: int,
     tokens_per_step: int,
     max_steps: int,
-) -> dict[str, str]:
-    """The training procedure as the model card's table shows it."""
+) -> dict:
+    """What the model card says of the run before its first evaluation; `training` is the
+    procedure as its table shows it (the loop adds the training time and what stopped the run)."""
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     processes = accelerator.num_processes
     parallel = accelerator.distributed_type.value
     base = f"{tokenizer.base_vocab_size:,} REMI" + (" and BPE" if tokenizer.base.is_trained else "")
-    return {
+    training = {
         "start": f"`{model_args.init_from}`"
         if model_args.init_from
         else f"`{model_args.family}-{model_args.preset}` preset, random weights",
@@ -421,6 +423,19 @@ def training_rows(
         "tokenizer": f"miditok, {base} tokens + {len(tokenizer.composers) + 1} composer tokens",
         "seed": str(train_args.seed),
     }
+    return {
+        "name": train_args.hub_model_id.split("/")[-1]
+        if train_args.hub_model_id
+        else Path(train_args.output_dir).resolve().name,
+        "sources": data_args.sources,
+        "base_model": model_args.init_from,
+        "parameters": parameters,
+        "training": training,
+        "repo_id": train_args.hub_model_id or str(Path(train_args.output_dir)),
+        "license": train_args.license,
+        "metrics": {},
+        "evaluated_on": "nothing yet: the run stopped before its first evaluation",
+    }
 
 
 def build_optimizer(model: torch.nn.Module, train_args: TrainArguments) -> torch.optim.AdamW:
@@ -428,7 +443,7 @@ def build_optimizer(model: torch.nn.Module, train_args: TrainArguments) -> torch
     return torch.optim.AdamW(groups, lr=train_args.learning_rate, betas=(0.9, train_args.adam_beta2))
 
 
-def export(accelerator, model, tokenizer, output_dir: Path, card_fields: dict) -> None:
+def export(accelerator, model, tokenizer, output_dir: Path, fields: dict) -> None:
     """Model (safetensors + code + auto_map), pipeline code, tokenizer and model card into `output_dir`."""
     state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards
     unwrapped = accelerator.unwrap_model(model)
@@ -442,22 +457,8 @@ def export(accelerator, model, tokenizer, output_dir: Path, card_fields: dict) -
             model=unwrapped, device=unwrapped.device, music_tokenizer=output_dir
         )
         generator.save_pretrained(output_dir, state_dict=state_dict)  # weights, model and pipeline code
-        card = model_card(unwrapped.config, tokenizer, **card_fields)
-        card.save(output_dir / "README.md")
+        model_card(unwrapped.config, tokenizer, **fields).save(output_dir / "README.md")
     accelerator.wait_for_everyone()
-
-
-def push(output_dir: Path, train_args: TrainArguments, message: str):
-    """Start uploading the model folder in the background; returns the upload's future."""
-    api = HfApi()
-    api.create_repo(train_args.hub_model_id, private=train_args.hub_private, exist_ok=True)
-    return api.upload_folder(
-        repo_id=train_args.hub_model_id,
-        folder_path=output_dir,
-        commit_message=message,
-        ignore_patterns=["checkpoint-*", ".checkpoint-*"],
-        run_as_future=True,
-    )
 
 
 def log_metrics(accelerator, output_dir: Path, step: int, values: dict) -> None:
@@ -476,11 +477,9 @@ def trim_metrics(output_dir: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in lines))
 
 
-def main(argv: list[str] | None = None) -> None:
-    launched = time.monotonic()
-    model_args, data_args, train_args = parse_arguments(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    output_dir = Path(train_args.output_dir)
+def start_accelerator(train_args: TrainArguments, output_dir: Path) -> Accelerator:
+    """The accelerator the launch asked for, seeded, and `output_dir` ready (without the partial
+    checkpoint a killed run may have left); a launch this run cannot honour ends with one line."""
     trackers = [] if train_args.report_to == "none" else train_args.report_to.split(",")
     try:
         accelerator = build_accelerator(
@@ -498,8 +497,13 @@ def main(argv: list[str] | None = None) -> None:
         output_dir.mkdir(parents=True, exist_ok=True)
         remove_partial_checkpoints(output_dir)
     accelerator.wait_for_everyone()
+    return accelerator
 
-    checkpoint = None
+
+def find_checkpoint(model_args: ModelArguments, train_args: TrainArguments) -> tuple[Path | None, str, dict]:
+    """(the checkpoint to resume from or None, the model's name, its config overrides): a checkpoint
+    of another model than this run asks for is refused."""
+    output_dir, checkpoint = Path(train_args.output_dir), None
     if train_args.resume_from_checkpoint:
         checkpoint = resolve_checkpoint(output_dir, train_args.resume_from_checkpoint)
         if checkpoint is None:
@@ -513,7 +517,95 @@ def main(argv: list[str] | None = None) -> None:
             f"{checkpoint} holds a {saved_model} model, this run asks for {model_name}: "
             "resume with the run's own preset and overrides"
         )
-    # A checkpoint holds its tokenizer: a resumed run cannot drift to another vocabulary.
+    return checkpoint, model_name, overrides
+
+
+def count_training_pieces(accelerator: Accelerator, tokenizer: MusicTokenizer, data_args: DataArguments) -> None:
+    """Build the missing token caches (the main process first, the others then open them) and
+    record the training pieces of each composer in the tokenizer, which is saved with the model:
+    which composers it learned from much data."""
+    cache_options = {"cached": data_args.token_cache, "cache_dir": data_args.cache_dir, "num_proc": data_args.num_proc}
+    if data_args.token_cache:
+        with accelerator.main_process_first():
+            for source in data_args.sources:
+                TokenCache.for_source(source, tokenizer, data_args.cache_dir, data_args.num_proc)
+    tokenizer.training_pieces = dict(composer_counts(data_args.sources, "train", tokenizer, **cache_options))
+
+
+def training_length(data_args: DataArguments, train_args: TrainArguments, processes: int) -> tuple[int, int]:
+    """(tokens per optimizer step, optimizer steps): `max_train_tokens` wins over `max_steps`."""
+    tokens_per_step = (
+        data_args.block_size
+        * train_args.per_device_train_batch_size
+        * train_args.gradient_accumulation_steps
+        * processes
+    )
+    if train_args.max_train_tokens:
+        return tokens_per_step, math.ceil(train_args.max_train_tokens / tokens_per_step)
+    return tokens_per_step, train_args.max_steps
+
+
+def restore(accelerator: Accelerator, checkpoint: Path | None, loader: StatefulDataLoader, state: dict) -> dict:
+    """The trainer state to go on from: `state` for a fresh run, else the checkpoint's, with the
+    weights, optimizer, scheduler, random states and this process's data position loaded."""
+    if checkpoint is None:
+        return state
+    saved, rank_state = load_checkpoint(accelerator, checkpoint)
+    loader.load_state_dict(rank_state["data"])
+    saved.pop("stopped_by", None)  # this run goes on
+    logger.info("resumed from %s at step %d (%d tokens)", checkpoint, saved["step"], saved["tokens"])
+    return saved
+
+
+def start_trackers(accelerator: Accelerator, arguments: tuple, max_steps: int) -> None:
+    """The trackers (`report_to`) get every argument, flattened to plain values."""
+    run_config = {k: v for group in arguments for k, v in dataclasses.asdict(group).items()}
+    run_config |= {"max_steps": max_steps, "num_processes": accelerator.num_processes}
+    accelerator.init_trackers(
+        "train", config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in run_config.items()}
+    )
+
+
+def train_step(
+    model, batches, optimizer, accelerator: Accelerator, train_args: TrainArguments, digest
+) -> torch.Tensor:
+    """One optimizer step over `gradient_accumulation_steps` batches (each hashed into `digest`,
+    which shows that two runs read the same data); this process's mean loss."""
+    mean_loss = torch.zeros((), device=accelerator.device)
+    for _ in range(train_args.gradient_accumulation_steps):
+        batch = next(batches)
+        digest.update(batch["input_ids"].numpy().tobytes())
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.accumulate(model):
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and train_args.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), train_args.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad()
+        mean_loss += loss.detach() / train_args.gradient_accumulation_steps
+    return mean_loss
+
+
+def validate(model, tokenizer, evaluation: list, notes: int, identification_set: tuple, accelerator, batch_size: int):
+    """Validation loss, bits per token and per note, and likelihood identification when it is on."""
+    metrics = evaluate(model, evaluation, accelerator, notes)
+    windows, composers = identification_set
+    if windows:
+        metrics |= summary_metrics(identification(model, tokenizer, windows, composers, batch_size, accelerator))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    launched = time.monotonic()
+    model_args, data_args, train_args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    output_dir = Path(train_args.output_dir)
+    accelerator = start_accelerator(train_args, output_dir)
+
+    # The model and its tokenizer: a checkpoint holds its tokenizer, so a resumed run cannot drift
+    # to another vocabulary.
+    checkpoint, model_name, overrides = find_checkpoint(model_args, train_args)
     tokenizer = (
         MusicTokenizer.from_pretrained(checkpoint)
         if checkpoint
@@ -522,33 +614,12 @@ def main(argv: list[str] | None = None) -> None:
     model = build_model(model_args, tokenizer, overrides)
     parameters = sum(p.numel() for p in model.parameters())
     logger.info("%s: %.2fM parameters, vocabulary %d", model_name, parameters / 1e6, len(tokenizer))
-    if data_args.token_cache:
-        with accelerator.main_process_first():  # the main process builds what is missing, the others then open it
-            for source in data_args.sources:
-                TokenCache.for_source(source, tokenizer, data_args.cache_dir, data_args.num_proc)
-    counts = composer_counts(
-        data_args.sources,
-        "train",
-        tokenizer,
-        cached=data_args.token_cache,
-        cache_dir=data_args.cache_dir,
-        num_proc=data_args.num_proc,
-    )
-    tokenizer.training_pieces = dict(counts)  # saved with the model: which composers it learned from much data
+    count_training_pieces(accelerator, tokenizer, data_args)
 
-    tokens_per_step = (
-        data_args.block_size
-        * train_args.per_device_train_batch_size
-        * train_args.gradient_accumulation_steps
-        * accelerator.num_processes
-    )
-    max_steps = (
-        math.ceil(train_args.max_train_tokens / tokens_per_step)
-        if train_args.max_train_tokens
-        else train_args.max_steps
-    )
+    # Optimizer and schedule; the scheduler is stepped by hand once per optimizer step (a prepared
+    # scheduler steps once per process).
+    tokens_per_step, max_steps = training_length(data_args, train_args, accelerator.num_processes)
     optimizer = build_optimizer(model, train_args)
-    # Stepped by hand once per optimizer step: a prepared scheduler steps once per process.
     scheduler = get_scheduler(
         train_args.lr_scheduler_type, optimizer, num_warmup_steps=train_args.warmup_steps, num_training_steps=max_steps
     )
@@ -556,85 +627,48 @@ def main(argv: list[str] | None = None) -> None:
     accelerator.register_for_checkpointing(scheduler)
     logger.info(describe_strategy(accelerator, model), main_process_only=False)
 
-    # Not prepared: every process reads its own share (rank, world_size) and keeps its own position.
+    # Data, not prepared: every process reads its own share (rank, world_size) and keeps its own position.
     loader = train_loader(tokenizer, data_args, train_args, accelerator)
     evaluation, notes = eval_batches(tokenizer, data_args, train_args, accelerator)
-    windows, composers = identification_setup(tokenizer, data_args, accelerator.unwrap_model(model).config)
+    identification_set = identification_setup(tokenizer, data_args, accelerator.unwrap_model(model).config)
 
-    state = {"tokens": 0, "step": 0, "seconds": 0.0, "model": model_name}
-    if checkpoint is not None:
-        state, rank_state = load_checkpoint(accelerator, checkpoint)
-        loader.load_state_dict(rank_state["data"])
-        state.pop("stopped_by", None)  # this run goes on
-        logger.info("resumed from %s at step %d (%d tokens)", checkpoint, state["step"], state["tokens"])
+    state = restore(accelerator, checkpoint, loader, {"tokens": 0, "step": 0, "seconds": 0.0, "model": model_name})
     start = state["step"]
     state["max_steps"] = max_steps  # a checkpoint tells whether its run is complete
     if accelerator.is_main_process:
         trim_metrics(output_dir, start)
-
-    run_config = {
-        **dataclasses.asdict(model_args),
-        **dataclasses.asdict(data_args),
-        **dataclasses.asdict(train_args),
-        "max_steps": max_steps,
-        "num_processes": accelerator.num_processes,
-    }
-    accelerator.init_trackers(
-        "train", config={k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in run_config.items()}
+    start_trackers(accelerator, (model_args, data_args, train_args), max_steps)
+    card = card_fields(
+        model_args, data_args, train_args, accelerator, tokenizer, parameters, tokens_per_step, max_steps
     )
-    card_fields = {
-        "name": train_args.hub_model_id.split("/")[-1] if train_args.hub_model_id else output_dir.resolve().name,
-        "sources": data_args.sources,
-        "base_model": model_args.init_from,
-        "parameters": parameters,
-        "training": training_rows(
-            model_args, data_args, train_args, accelerator, tokenizer, tokens_per_step, max_steps
-        ),
-        "repo_id": train_args.hub_model_id or str(output_dir),
-        "license": train_args.license,
-        "metrics": {},
-        "evaluated_on": "nothing yet: the run stopped before its first evaluation",
-    }
     uploads = []
 
     def checkpoint_and_export(step: int, final: bool) -> None:
+        data_position = {"data": loader.state_dict()}
+        limit = train_args.save_total_limit
         save_checkpoint(
-            accelerator,
-            output_dir,
-            step,
-            state,
-            {"data": loader.state_dict()},
-            train_args.save_total_limit,
-            save_extra=tokenizer.save_pretrained,
+            accelerator, output_dir, step, state, data_position, limit, save_extra=tokenizer.save_pretrained
         )
         if train_args.export_at_checkpoints or final:
-            card_fields["training"]["training time"] = f"{state['seconds'] / 3600:.2f} h (steps, not evaluation)"
-            export(accelerator, model, tokenizer, output_dir, card_fields | {"tokens_trained": state["tokens"]})
+            card["training"]["training time"] = f"{state['seconds'] / 3600:.2f} h (steps, not evaluation)"
+            export(accelerator, model, tokenizer, output_dir, card | {"tokens_trained": state["tokens"]})
             if train_args.push_to_hub and accelerator.is_main_process:
-                uploads.append(push(output_dir, train_args, f"step {step}"))
+                uploads.append(
+                    push_folder(output_dir, train_args.hub_model_id, train_args.hub_private, f"step {step}")
+                )
 
+    # The loop: a step, its log line, validation, a checkpoint; a time limit or a signal ends it
+    # after the step in flight.
     data_digest = hashlib.sha1()
     stop = StopRequest(accelerator, train_args.time_limit, launched)
     batches = iter(loader)
     progress = tqdm(total=max_steps, initial=start, desc="training", disable=not accelerator.is_local_main_process)
-    metrics: dict = {}
     cause = 0
     running_loss, running_steps, running_seconds = torch.zeros((), device=accelerator.device), 0, 0.0
     model.train()
     for step in range(start + 1, max_steps + 1):
         started = time.perf_counter()
-        for _ in range(train_args.gradient_accumulation_steps):
-            batch = next(batches)
-            data_digest.update(batch["input_ids"].numpy().tobytes())
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and train_args.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), train_args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            running_loss += loss.detach() / train_args.gradient_accumulation_steps
+        running_loss += train_step(model, batches, optimizer, accelerator, train_args, data_digest)
         scheduler.step()
         state["tokens"] += tokens_per_step
         running_steps += 1
@@ -658,26 +692,20 @@ def main(argv: list[str] | None = None) -> None:
             log_metrics(accelerator, output_dir, step, values)
         # After a signal the job has seconds left: checkpoint and export without evaluating.
         if (train_args.eval_steps and step % train_args.eval_steps == 0) or (final and cause <= stop.TIME_LIMIT):
-            metrics = evaluate(model, evaluation, accelerator, notes)
-            if windows:
-                found = identification(
-                    model, tokenizer, windows, composers, train_args.per_device_eval_batch_size, accelerator
-                )
-                metrics |= summary_metrics(found)
+            batch_size = train_args.per_device_eval_batch_size
+            metrics = validate(model, tokenizer, evaluation, notes, identification_set, accelerator, batch_size)
             log_metrics(accelerator, output_dir, step, {f"eval/{k}": v for k, v in metrics.items()})
             logger.info(
-                "step %d: eval %s",
-                step,
-                ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "tokens"),
+                "step %d: eval %s", step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "tokens")
             )
-            card_fields["metrics"] = {k: v for k, v in metrics.items() if k != "tokens"}
-            card_fields["evaluated_on"] = (
+            card["metrics"] = {k: v for k, v in metrics.items() if k != "tokens"}
+            card["evaluated_on"] = (
                 f"the validation split at step {step} ({metrics['tokens']:,} tokens, {notes:,} notes)"
             )
         if (train_args.save_steps and step % train_args.save_steps == 0) or final:
             if cause:
                 state["stopped_by"] = f"{stop.describe(cause)} at step {step} of {max_steps}"
-                card_fields["training"]["stopped by"] = state["stopped_by"]
+                card["training"]["stopped by"] = state["stopped_by"]
             checkpoint_and_export(step, final)
         if cause:
             logger.warning(

@@ -131,6 +131,18 @@ def test_collator_pads_and_ignores_padding_in_labels():
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
 
 
+def test_blocks_in_memory_are_batched_in_order_with_a_smaller_last_batch():
+    blocks = [{"input_ids": list(range(3, 3 + n))} for n in (4, 2, 5, 1, 3)]
+    batches = BlockCollator(pad_token_id=0).batches(blocks, batch_size=2)
+    assert [b["input_ids"].shape for b in batches] == [(2, 4), (2, 5), (1, 3)]
+    rows = [
+        ids[mask.bool()].tolist()
+        for b in batches
+        for ids, mask in zip(b["input_ids"], b["attention_mask"], strict=True)
+    ]
+    assert rows == [block["input_ids"] for block in blocks]
+
+
 def test_bad_files_are_skipped_and_counted(tokenizer, good_midis, bad_midis):
     good = [{"midi": m, "composer": "mozart", "path": f"good{i}.mid"} for i, m in enumerate(good_midis)]
     bad = [{"midi": m, "composer": "mozart", "path": f"{kind}.mid"} for kind, m in bad_midis.items()]

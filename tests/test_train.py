@@ -19,11 +19,13 @@ from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, GPT2Config, pipeline
 
 import modeling
+import modeling.training
 from conftest import QUIET, ROOT, eval_metrics, load_script, train, train_losses
 from model_cards import hub_datasets
 from modeling.training import (
     list_checkpoints,
     load_checkpoint,
+    push_folder,
     resolve_checkpoint,
     save_checkpoint,
     weight_decay_groups,
@@ -277,10 +279,8 @@ def test_push_uploads_the_model_folder_in_the_background(tmp_path, monkeypatch):
             calls.append(("upload_folder", kwargs))
             return "future"
 
-    train_script = load_script("train")
-    monkeypatch.setattr(train_script, "HfApi", FakeApi)
-    args = train_script.TrainArguments(push_to_hub=True, hub_model_id="me/mamba-midi", hub_private=True)
-    assert train_script.push(tmp_path, args, "step 5") == "future"
+    monkeypatch.setattr(modeling.training, "HfApi", FakeApi)
+    assert push_folder(tmp_path, "me/mamba-midi", True, "step 5") == "future"
     assert calls[0] == ("create_repo", "me/mamba-midi", {"private": True, "exist_ok": True})
     upload = calls[1][1]
     assert upload["repo_id"] == "me/mamba-midi" and upload["folder_path"] == tmp_path

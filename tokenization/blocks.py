@@ -331,3 +331,8 @@ class BlockCollator:
             labels[i, :size] = as_long(row.get("labels", row["input_ids"]))
             attention_mask[i, :size] = 1
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def batches(self, blocks: list[dict], batch_size: int) -> list[dict[str, torch.Tensor]]:
+        """Blocks held in memory (validation, test) as batches of `batch_size`, the last one
+        smaller: through a DataLoader, the path training batches take."""
+        return list(torch.utils.data.DataLoader(blocks, batch_size=batch_size, collate_fn=self))
