@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import queue
 import re
+import struct
 import time
 import unicodedata
 from collections import Counter
@@ -241,14 +242,41 @@ def notes_in_quarters(score: symusic.Score, keys: Counter) -> list[dict[str, Any
     return sorted(notes, key=lambda note: (note["start"], note["pitch"]))
 
 
+# Copied from tokenization.tokenizer.cut_track (this file is Hub remote code: it imports nothing of ours)
+def cut_track(data: bytes) -> str | None:
+    """What is cut when a track the MIDI header announces runs past the end of the file, else None.
+
+    symusic parses such a file past its end: the same bytes then fail with a different message
+    each time, now and then give a score of garbage notes, or end the process with a
+    segmentation fault. Trailing bytes after the last track (old files carry padding) are left to
+    symusic.
+    """
+    if data[:4] != b"MThd" or len(data) < 14:
+        return None  # symusic names what is wrong with the header
+    (tracks,) = struct.unpack_from(">H", data, 10)
+    position, found = 8 + struct.unpack_from(">I", data, 4)[0], 0
+    while found < tracks:
+        if position + 8 > len(data):
+            return f"truncated: {found} of {tracks} tracks before the end of the file"
+        kind, (length,) = data[position : position + 4], struct.unpack_from(">I", data, position + 4)
+        if position + 8 + length > len(data):
+            return (
+                f"truncated: track {found + 1} of {tracks} runs {position + 8 + length - len(data)} bytes past the end"
+            )
+        found += kind == b"MTrk"
+        position += 8 + length
+    return None
+
+
 def read_prompt(prompt: str | Path | bytes | symusic.Score) -> symusic.Score:
     """A MIDI path, MIDI bytes or Score; anything else is an error that says so."""
     if isinstance(prompt, symusic.Score):
         return prompt
     try:
-        if isinstance(prompt, (str, Path)):
-            return symusic.Score(str(prompt))
-        return symusic.Score.from_midi(bytes(prompt))
+        data = Path(prompt).read_bytes() if isinstance(prompt, (str, Path)) else bytes(prompt)
+        if problem := cut_track(data):
+            raise ValueError(problem)
+        return symusic.Score.from_midi(data)
     except Exception as error:  # symusic reports its parser's message as RuntimeError/ValueError
         raise ValueError(f"the prompt is not a readable MIDI file: {str(error).splitlines()[0]}") from error
 

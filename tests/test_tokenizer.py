@@ -1,3 +1,4 @@
+import inspect
 import json
 import os
 import subprocess
@@ -9,9 +10,10 @@ import miditok
 import pytest
 import symusic
 
-from modeling import catalog
+from modeling import catalog, pipeline_midi_generation
 from modeling.pipeline_midi_generation import MusicVocabulary
 from tokenization import InvalidMidiError, MusicTokenizer, list_midi_files, load_score, split_of, tokenizer_for_sources
+from tokenization import tokenizer as tokenizer_module
 from tokenization.composers import canonical_composer
 from tokenization.stats import round_trip
 
@@ -94,12 +96,16 @@ def test_unusable_midi_says_why(tokenizer, bad_midis, kind):
 
 def test_a_cut_file_is_refused_before_the_parser_reads_past_its_end(good_midis):
     """symusic reads a cut file past its end: a different error each time, garbage notes, or a
-    segmentation fault that ends the whole training run (all three seen on these files)."""
+    segmentation fault that ends the whole training run (all three seen on these files). The
+    pipeline (Hub remote code, so a marked copy of the check) refuses a cut prompt alike."""
+    assert inspect.getsource(pipeline_midi_generation.cut_track) == inspect.getsource(tokenizer_module.cut_track)
     for midi in good_midis:
         for eighth in range(1, 8):
             cut = midi[: len(midi) * eighth // 8]
             with pytest.raises(InvalidMidiError, match="unreadable: truncated: "):
                 load_score(cut)
+            with pytest.raises(ValueError, match="the prompt is not a readable MIDI file: truncated: "):
+                pipeline_midi_generation.read_prompt(cut)
 
 
 def test_save_and_load_round_trip(bpe_tokenizer, tmp_path, good_midis):

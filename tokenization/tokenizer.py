@@ -70,7 +70,8 @@ def load_score(midi: MidiInput) -> symusic.Score:
         data = Path(midi).read_bytes() if isinstance(midi, (str, Path)) else bytes(midi)
         if not data:
             raise InvalidMidiError("empty", "0 bytes")
-        check_track_lengths(data)
+        if problem := cut_track(data):
+            raise InvalidMidiError("unreadable", problem)
         try:
             score = symusic.Score.from_midi(data)
         except Exception as error:  # symusic raises RuntimeError/ValueError with its parser's text
@@ -80,29 +81,29 @@ def load_score(midi: MidiInput) -> symusic.Score:
     return score
 
 
-def check_track_lengths(data: bytes) -> None:
-    """Raise `InvalidMidiError` when a track the header announces runs past the end of the file.
+def cut_track(data: bytes) -> str | None:
+    """What is cut when a track the MIDI header announces runs past the end of the file, else None.
 
-    symusic parses such a cut file past its end: the same bytes then fail with a different
-    message each time, now and then a score of garbage notes, or a segmentation fault that ends
-    the process. Trailing bytes after
-    the last track (old files often carry padding) are left to symusic.
+    symusic parses such a file past its end: the same bytes then fail with a different message
+    each time, now and then give a score of garbage notes, or end the process with a
+    segmentation fault. Trailing bytes after the last track (old files carry padding) are left to
+    symusic.
     """
     if data[:4] != b"MThd" or len(data) < 14:
-        return  # symusic names what is wrong with the header
+        return None  # symusic names what is wrong with the header
     (tracks,) = struct.unpack_from(">H", data, 10)
     position, found = 8 + struct.unpack_from(">I", data, 4)[0], 0
     while found < tracks:
         if position + 8 > len(data):
-            raise InvalidMidiError("unreadable", f"truncated: {found} of {tracks} tracks before the end of the file")
+            return f"truncated: {found} of {tracks} tracks before the end of the file"
         kind, (length,) = data[position : position + 4], struct.unpack_from(">I", data, position + 4)
-        overrun = position + 8 + length - len(data)
-        if overrun > 0:
-            raise InvalidMidiError(
-                "unreadable", f"truncated: track {found + 1} of {tracks} runs {overrun} bytes past the end"
+        if position + 8 + length > len(data):
+            return (
+                f"truncated: track {found + 1} of {tracks} runs {position + 8 + length - len(data)} bytes past the end"
             )
         found += kind == b"MTrk"
         position += 8 + length
+    return None
 
 
 class MusicTokenizer:
