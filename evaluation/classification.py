@@ -17,7 +17,7 @@ import symusic
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from tokenization.blocks import PREFIX, as_piece
+from tokenization.blocks import PREFIX, BlockCollator, as_piece
 from tokenization.composers import UNKNOWN
 from tokenization.tokenizer import MusicTokenizer
 
@@ -131,13 +131,12 @@ def rank_labels(model: torch.nn.Module, windows: list[list[int]], batch_size: in
     """
     model.eval()
     device = next(model.parameters()).device
-    pad = model.config.pad_token_id
+    collate = BlockCollator(model.config.pad_token_id)
     ranked = []
-    for start in range(0, len(windows), batch_size):
-        chunk = windows[start : start + batch_size]
-        length = max(len(w) for w in chunk)
-        input_ids = torch.tensor([w + [pad] * (length - len(w)) for w in chunk], device=device)
-        logits = model(input_ids=input_ids, attention_mask=(input_ids != pad).long()).logits
+    for batch in collate.batches([{"input_ids": w} for w in windows], batch_size):
+        logits = model(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+        ).logits
         ranked.extend(logits.argsort(dim=-1, descending=True).tolist())
     return [[model.config.id2label[i] for i in row] for row in ranked]
 

@@ -98,9 +98,9 @@ class GpuSampler(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.utilisation, self.memory, self.finished = [], [], threading.Event()
+        self.error: str | None = None
 
     def run(self) -> None:
-        self.error = None
         while not self.finished.wait(1.0):
             try:
                 busy, used = torch.cuda.utilization(), torch.cuda.device_memory_used() / 2**30

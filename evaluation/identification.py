@@ -78,6 +78,8 @@ def condition_nll(
     repeating windows in order, so all run the same forwards, as FSDP needs) and the slices
     are gathered.
     """
+    if not windows:  # the same on every process: none of them meets the others in a gather
+        return np.zeros((0, len(condition_ids)))
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
     ranks = accelerator.num_processes if accelerator is not None else 1
     share = math.ceil(len(windows) / ranks)
@@ -89,13 +91,15 @@ def condition_nll(
     model.eval()
     scores = torch.zeros(len(mine), len(condition_ids), dtype=torch.float64, device=device)
     for column, condition in enumerate(condition_ids):
-        for start in range(0, len(mine), batch_size):
-            rows = [
-                {"input_ids": [tokenizer.bos_token_id, condition, *w.music], "labels": [IGNORE] * PREFIX + w.music}
-                for w in mine[start : start + batch_size]
-            ]
-            batch = {k: v.to(device) for k, v in collate(rows).items()}
-            scores[start : start + len(rows), column] = token_nll(model, batch).sum(dim=1).double()
+        rows = [
+            {"input_ids": [tokenizer.bos_token_id, condition, *w.music], "labels": [IGNORE] * PREFIX + w.music}
+            for w in mine
+        ]
+        nll = [
+            token_nll(model, {k: v.to(device) for k, v in batch.items()}).sum(dim=1)
+            for batch in collate.batches(rows, batch_size)
+        ]
+        scores[:, column] = torch.cat(nll).double()
     model.train(training)
     if accelerator is not None:
         scores = accelerator.gather(scores)

@@ -209,8 +209,9 @@ def main(argv: list[str] | None = None) -> dict | None:
             )
         )
     output.write_text(json.dumps(results, indent=2))
-    output.with_suffix(".md").write_text(report(results, plots))
-    print(report(results, plots))
+    text = report(results, plots)
+    output.with_suffix(".md").write_text(text)
+    print(text)
     return results
 
 

@@ -76,8 +76,7 @@ def validation_loss(model: torch.nn.Module, tokenizer: MusicTokenizer) -> float:
     """The loss train.py's final evaluation measures, on one process."""
     pieces = open_pieces(["bundled"], "validation", tokenizer, repeat=False)
     blocks, notes, _ = evaluation_blocks(pieces, tokenizer, 64, max_files=EVAL_FILES)
-    collate = BlockCollator(tokenizer.pad_token_id)
-    return evaluate(model, [collate(blocks[i : i + 8]) for i in range(0, len(blocks), 8)], None, notes)["loss"]
+    return evaluate(model, BlockCollator(tokenizer.pad_token_id).batches(blocks, 8), None, notes)["loss"]
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])

@@ -99,6 +99,12 @@ def test_condition_nll_is_the_same_with_an_accelerator_and_in_batches_of_any_siz
     assert together == pytest.approx(plain, rel=1e-5)
 
 
+def test_no_window_long_enough_leaves_identification_without_positions(tokenizer):
+    model = ToyModel(len(tokenizer), favourite_tokens(tokenizer), copies=True)
+    assert condition_nll(model, [], [tokenizer.composer_token_id(c) for c in COMPOSERS], tokenizer).shape == (0, 3)
+    assert identification(model, tokenizer, [], COMPOSERS) == {"composers": COMPOSERS, "chance": 1 / 3}
+
+
 def test_bootstrap_interval_holds_the_estimate_and_shrinks_to_a_point_when_all_agree():
     truth = ["a"] * 20 + ["b"] * 20
     named = ["a"] * 15 + ["b"] * 5 + ["b"] * 10 + ["a"] * 10
