@@ -3,6 +3,8 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+SCAN_BACKENDS = ("auto", "triton", "torch")
+
 
 @strict
 class MusicMambaConfig(PreTrainedConfig):
@@ -14,6 +16,9 @@ class MusicMambaConfig(PreTrainedConfig):
     headdim (`int`): channels per head; heads = inner width / `headdim`.
     ngroups (`int`): groups sharing B and C (like grouped-query attention).
     chunk_size (`int`): block length of the chunked scan in training and prefill.
+    scan_backend (`str`): how the chunked scan runs: "auto" (mamba_ssm's Triton kernel on CUDA
+        where it imports, else PyTorch), "triton" (that kernel, an error where it cannot run) or
+        "torch" (every device). Both read the same weights.
     """
 
     model_type = "music_mamba"
@@ -28,6 +33,7 @@ class MusicMambaConfig(PreTrainedConfig):
     headdim: int = 32
     ngroups: int = 1
     chunk_size: int = 64
+    scan_backend: str = "auto"
     dt_min: float = 0.001
     dt_max: float = 0.1
     dt_init_floor: float = 1e-4
@@ -58,6 +64,8 @@ class MusicMambaConfig(PreTrainedConfig):
             raise ValueError(f"expand * n_embd ({self.d_inner}) must be a multiple of headdim ({self.headdim})")
         if self.nheads % self.ngroups:
             raise ValueError(f"the number of heads ({self.nheads}) must be a multiple of ngroups ({self.ngroups})")
+        if self.scan_backend not in SCAN_BACKENDS:
+            raise ValueError(f"unknown scan_backend {self.scan_backend!r}: choose one of {', '.join(SCAN_BACKENDS)}")
 
 
 __all__ = ["MusicMambaConfig"]

@@ -4,17 +4,20 @@ Pre-norm residual blocks (RMSNorm) around a Mamba-2 mixer, tied embeddings. The 
 parameter names are those of `mamba_ssm.Mamba2` (`in_proj`, `conv1d`, `dt_bias`, `A_log`,
 `D`, `norm`, `out_proj`), so weights move between this file and mamba_ssm.
 
-Training and prefill run a chunked scan: the `mamba_ssm` Triton kernel when it imports
-and the tensors are on CUDA, else the pure-PyTorch SSD algorithm below (a few einsums per
-chunk, no Python loop over time steps). Generation carries, per layer, the last `d_conv`
-conv inputs and a `[heads, headdim, d_state]` state in a `DynamicCache`: the cost of a
-new token does not depend on how many came before.
+Training and prefill run a chunked scan (`config.scan_backend`): `mamba_ssm`'s Triton kernel
+on CUDA where its Python files and triton are installed, else the pure-PyTorch SSD algorithm
+below (a few einsums per chunk, no Python loop over time steps). Generation carries, per layer,
+the last `d_conv` conv inputs and a `[heads, headdim, d_state]` state in a `DynamicCache`: the
+cost of a new token does not depend on how many came before.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -23,13 +26,57 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import logging
 
 from .configuration_music_mamba import MusicMambaConfig
 
-try:  # the GPU extra: Triton kernels, installable without compiling (MAMBA_SKIP_CUDA_BUILD=TRUE)
-    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-except ImportError:
-    mamba_chunk_scan_combined = None
+logger = logging.get_logger(__name__)
+
+TRITON_SCAN = "mamba_ssm.ops.triton.ssd_combined"
+
+
+def import_triton_scan() -> tuple[object | None, str | None]:
+    """mamba_ssm's Triton chunked scan (`mamba_chunk_scan_combined`), or None and why not.
+
+    The scan is Triton and Python alone, but `mamba_ssm/__init__.py` imports the compiled
+    `selective_scan_cuda` first, which an install without compiling (`MAMBA_SKIP_CUDA_BUILD=TRUE`,
+    `make cuda-install`, the offline GPU kit) lacks: a plain import then fails, and the model would
+    fall back to the PyTorch scan on a GPU. So when the plain import fails, the scan's modules are
+    imported under a bare `mamba_ssm` package whose `__init__` does not run; that stand-in leaves
+    `sys.modules` afterwards, so `import mamba_ssm` elsewhere behaves as it did.
+    """
+    try:
+        return importlib.import_module(TRITON_SCAN).mamba_chunk_scan_combined, None
+    except ImportError:
+        spec = importlib.util.find_spec("mamba_ssm")
+    if spec is None:
+        return None, "mamba_ssm is not installed (pip install -e '.[cuda]')"
+    package = sys.modules["mamba_ssm"] = importlib.util.module_from_spec(spec)  # not executed
+    try:
+        return importlib.import_module(TRITON_SCAN).mamba_chunk_scan_combined, None
+    except Exception as error:  # a missing triton, or a broken install: said, and the scan runs in PyTorch
+        missing = isinstance(error, ModuleNotFoundError) and error.name
+        return None, f"{missing} is not installed" if missing else f"mamba_ssm's Triton scan fails to import ({error})"
+    finally:
+        if sys.modules.get("mamba_ssm") is package:
+            del sys.modules["mamba_ssm"]
+
+
+mamba_chunk_scan_combined, TRITON_SCAN_MISSING = import_triton_scan()
+
+
+def scan_kernel(choice: str, device_type: str) -> str:
+    """The chunked scan that `choice` (a `config.scan_backend`) names for inputs on `device_type`:
+    "triton" (mamba_ssm's kernel) or "torch". Asking for "triton" where it cannot run is an error,
+    and "auto" falling back to PyTorch on CUDA says so once: a silent fallback costs a GPU run."""
+    if choice == "torch":
+        return "torch"
+    missing = TRITON_SCAN_MISSING or (None if device_type == "cuda" else f"the inputs are on {device_type}, not CUDA")
+    if choice == "triton" and missing:
+        raise RuntimeError(f"scan_backend 'triton' cannot run: {missing}; use scan_backend 'auto' or 'torch'")
+    if missing and device_type == "cuda":
+        logger.warning_once(f"MusicMamba on CUDA scans in PyTorch, not with mamba_ssm's Triton kernel: {missing}")
+    return "torch" if missing else "triton"
 
 
 def segment_decay(dA_cumsum: torch.Tensor) -> torch.Tensor:
@@ -129,7 +176,7 @@ class MusicMambaMixer(nn.Module):
         self.layer_idx = layer_idx
         self.d_inner, self.nheads, self.headdim = config.d_inner, config.nheads, config.headdim
         self.ngroups, self.d_state, self.d_conv = config.ngroups, config.d_state, config.d_conv
-        self.chunk_size = config.chunk_size
+        self.chunk_size, self.scan_backend = config.chunk_size, config.scan_backend
         self.conv_dim = self.d_inner + 2 * self.ngroups * self.d_state
         self.in_proj = nn.Linear(config.n_embd, self.d_inner + self.conv_dim + self.nheads, bias=False)
         self.conv1d = nn.Conv1d(
@@ -189,7 +236,7 @@ class MusicMambaMixer(nn.Module):
     def _scan(self, x, dt, B, C, state):
         A = -torch.exp(self.A_log.float())
         step = x.shape[1] == 1 and state is not None
-        if mamba_chunk_scan_combined is not None and x.is_cuda and not step:
+        if not step and scan_kernel(self.scan_backend, x.device.type) == "triton":
             y, state = mamba_chunk_scan_combined(
                 x, dt, A, B, C, self.chunk_size, dt_bias=self.dt_bias, dt_softplus=True,
                 initial_states=state, return_final_states=True,
@@ -228,6 +275,11 @@ class MusicMambaPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["MusicMambaBlock"]
     _is_stateful = True
     supports_gradient_checkpointing = False
+
+    def kernels(self, device_type: str | None = None) -> dict[str, str]:
+        """What a forward on `device_type` (default: where the weights are) runs: the chunked scan
+        of training and prefill, and the one-token step of generation."""
+        return {"scan": scan_kernel(self.config.scan_backend, device_type or self.device.type), "step": "torch"}
 
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 normal init for projections and embeddings; Mamba-2's for the mixer's dynamics."""

@@ -34,6 +34,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import logging
 from xlstm.blocks.slstm.block import sLSTMBlock, sLSTMBlockConfig
 from xlstm.blocks.slstm.layer import sLSTMLayerConfig
 from xlstm.components.feedforward import FeedForwardConfig
@@ -46,6 +47,8 @@ try:  # the [cuda] extra: fused sLSTM kernels in Triton
     from flashrnn import flashrnn
 except ImportError:
     flashrnn = None
+
+logger = logging.get_logger(__name__)
 
 KERNELS = {
     "cpu": {
@@ -225,6 +228,11 @@ def slstm_backend(choice: str, device_type: str, dtype: torch.dtype, head_dim: i
     if choice != "auto":
         return choice
     fused = device_type == "cuda" and dtype != torch.float64 and head_dim >= 16 and head_dim & (head_dim - 1) == 0
+    if fused and flashrnn is None:
+        logger.warning_once(
+            "MusicXLSTM on CUDA runs its sLSTM blocks in PyTorch ('native'), not flashrnn's fused kernel: "
+            "flashrnn is not installed (pip install -e '.[cuda]')"
+        )
     return "flashrnn" if fused and flashrnn is not None else "native"
 
 
@@ -366,6 +374,15 @@ class MusicXLSTMPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["MusicXLSTMMLSTMBlock", "MusicXLSTMSLSTMBlock"]
     _is_stateful = True
     supports_gradient_checkpointing = False
+
+    def kernels(self, device_type: str | None = None) -> dict[str, str]:
+        """What a forward on `device_type` (default: where the weights are) runs: the mLSTM's
+        chunkwise kernel (training and prefill) and step kernel, and the sLSTM's backend."""
+        device_type = device_type or self.device.type
+        mlstm = KERNELS.get(device_type, KERNELS["cpu"])
+        head_dim = self.config.n_embd // self.config.num_heads
+        slstm = slstm_backend(self.config.slstm_backend, device_type, self.dtype, head_dim)
+        return {"mlstm": mlstm["chunkwise_kernel"], "mlstm_step": mlstm["step_kernel"], "slstm": slstm}
 
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 normal init for embeddings and mLSTM projections, with the xLSTM gate biases

@@ -84,6 +84,14 @@ def describe_strategy(accelerator: Accelerator, model: torch.nn.Module) -> str:
     return f"rank {accelerator.process_index}: {strategy}; holds {held:,} of {total:,} parameters"
 
 
+def model_kernels(model: torch.nn.Module, device_type: str) -> dict[str, str]:
+    """The kernel each part of `model` runs on `device_type`: the custom families' own report
+    (which scan, which sLSTM backend), GPT-2's attention implementation."""
+    if hasattr(model, "kernels"):
+        return model.kernels(device_type)
+    return {"attention": model.config._attn_implementation}
+
+
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
     """Complete checkpoints in `output_dir`, oldest first."""
     folder = Path(output_dir)

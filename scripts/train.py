@@ -55,6 +55,7 @@ from modeling.training import (
     describe_strategy,
     list_checkpoints,
     load_checkpoint,
+    model_kernels,
     parameter_digest,
     prepare_worker,
     push_folder,
@@ -626,6 +627,8 @@ def main(argv: list[str] | None = None) -> None:
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     logger.info(describe_strategy(accelerator, model), main_process_only=False)
+    kernels = model_kernels(accelerator.unwrap_model(model), accelerator.device.type)
+    logger.info("kernels on %s: %s", accelerator.device.type, ", ".join(f"{k} {v}" for k, v in kernels.items()))
 
     # Data, not prepared: every process reads its own share (rank, world_size) and keeps its own position.
     loader = train_loader(tokenizer, data_args, train_args, accelerator)

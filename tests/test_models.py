@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoModel, AutoModelForCausalLM, GPT2LMHeadModel
 from transformers.utils import ModelOutput
 
@@ -117,6 +118,7 @@ def test_remote_code_and_offline_hub_cache_without_this_project(family, tmp_path
 import sys
 sys.modules["modeling"] = sys.modules["tokenization"] = None  # this project is not importable
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from transformers import AutoModel, AutoModelForCausalLM
 model = AutoModelForCausalLM.from_pretrained("someone/music-{family}", trust_remote_code=True).eval()
 assert "transformers_modules" in type(model).__module__, type(model).__module__
@@ -196,16 +198,49 @@ def test_bad_family_or_preset_names_the_valid_ones():
 def test_cuda_kernels_agree_with_the_pytorch_path(family):
     """mamba_ssm's / the xlstm package's Triton kernels on CUDA against the CPU path, same weights."""
     if family == "mamba" and modeling.modeling_music_mamba.mamba_chunk_scan_combined is None:
-        pytest.skip("mamba_ssm is not installed (pip install -e '.[cuda]')")
+        pytest.skip(f"no Triton scan: {modeling.modeling_music_mamba.TRITON_SCAN_MISSING}")
     model = tiny(family)
     ids = torch.randint(0, 96, (2, 100))
     with torch.no_grad():
         reference = model(ids, use_cache=False).logits
         model.cuda()
+        assert model.kernels()["scan" if family == "mamba" else "mlstm"] in ("triton", "chunkwise--triton_limit_chunk")
         fast = model(ids.cuda(), use_cache=False).logits.cpu()
         generated = model.generate(ids[:, :10].cuda(), max_new_tokens=20, do_sample=False, eos_token_id=None)
     assert (fast - reference).abs().max() <= 1e-2 * reference.abs().max()
     assert generated.shape == (2, 30)
+
+
+def test_mamba_finds_the_triton_scan_without_the_compiled_extension(tmp_path):
+    """mamba_ssm's `__init__` imports its compiled CUDA extension, which an install without
+    compiling lacks: the Triton scan is found all the same, and `import mamba_ssm` fails as before."""
+    triton_folder = tmp_path / "mamba_ssm" / "ops" / "triton"
+    triton_folder.mkdir(parents=True)
+    (tmp_path / "mamba_ssm" / "__init__.py").write_text("import selective_scan_cuda\n")
+    for folder in (triton_folder.parent, triton_folder):
+        (folder / "__init__.py").write_text("")
+    (triton_folder / "ssd_combined.py").write_text("def mamba_chunk_scan_combined():\n    return 1\n")
+    code = """
+import sys
+from modeling.modeling_music_mamba import mamba_chunk_scan_combined, scan_kernel
+assert mamba_chunk_scan_combined() == 1 and "mamba_ssm" not in sys.modules
+print(scan_kernel("auto", "cuda"), scan_kernel("auto", "cpu"))
+import mamba_ssm
+"""
+    result = run(code, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    assert result.stdout.split() == ["triton", "torch"]
+    assert "No module named 'selective_scan_cuda'" in result.stderr
+
+
+def test_mamba_says_which_scan_runs_and_refuses_the_kernel_where_it_cannot_run():
+    assert tiny("mamba").kernels() == {"scan": "torch", "step": "torch"}
+    model = tiny("mamba", scan_backend="triton")
+    with pytest.raises(
+        RuntimeError, match=r"^scan_backend 'triton' cannot run: .+; use scan_backend 'auto' or 'torch'$"
+    ):
+        model(torch.ones(1, 4, dtype=torch.long))
+    with pytest.raises(StrictDataclassClassValidationError, match="unknown scan_backend 'cuda': choose one of auto"):
+        build_config("mamba", "tiny", Ids(), scan_backend="cuda")
 
 
 def test_mamba_parameters_are_named_and_shaped_as_in_mamba_ssm():
