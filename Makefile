@@ -10,7 +10,7 @@ SOUNDFONT ?= /usr/share/sounds/sf2/FluidR3_GM.sf2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo app test lint format clean cuda-install cuda-check bundle
+.PHONY: install demo app test lint format clean cuda-install cuda-check bundle gpu-kit
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,9 +59,16 @@ TOKENIZER ?= modeling/pretrained/gpt2-small-classical
 bundle: cuda-install
 	$(BIN)/python scripts/compare.py --source $(SOURCE) --tokenizer $(TOKENIZER) --bundle_dir modeling/pretrained
 
+# Where there is internet, for a GPU machine without it (`make gpu-kit`): gpu-kit/ holds the wheels
+# it lacks, the token cache of SOURCE and run.sh; there, `bash gpu-kit/run.sh OUT_DIR [MINUTES]`.
+# KIT_ARGS passes more (--target_packages, --python_version, --dry_run: see scripts/gpu_kit.py).
+KIT_ARGS ?=
+gpu-kit: install
+	$(BIN)/python scripts/gpu_kit.py --source $(SOURCE) --tokenizer $(TOKENIZER) $(KIT_ARGS)
+
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache
+	rm -rf $(VENV) outputs .pytest_cache gpu-kit
