@@ -24,10 +24,11 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 from transformers import AutoModelForCausalLM
 
 from conftest import ROOT
-from kit.build import DEFAULT_TARGET, needed, read_packages
+from kit.build import DEFAULT_TARGET, Target, missing_packages, needed, project_requirements, read_packages
 from kit.run import FIXED_FILES, MAX_FILE_BYTES, MAX_FILES, Runner, Step, collect, token_budget
 from modeling import FAMILIES
 
@@ -191,6 +192,15 @@ def test_a_step_past_its_limit_or_a_signal_stops_it_and_the_results_are_packed(t
     out.mkdir()
     collect(out, runner.work, {"steps": []}, final=True)
     assert sorted(p.name for p in out.iterdir()) == ["reports.tar.xz", "summary.json"]
+
+
+def test_the_h200_machine_gets_what_it_lacks_or_has_too_old_and_nothing_it_has():
+    wheels, sources = project_requirements()
+    missing = missing_packages(wheels, Target())  # pip resolves against the machine's list (the index is asked)
+    assert Version(missing["transformers"]) >= Version("5.24")  # it has 5.17: too old for this project
+    assert {"datasets", "miditok", "symusic", "xlstm", "flashrnn"} <= set(missing)
+    assert not set(missing) & {"torch", "numpy", "pandas", "pyarrow", "triton", "scipy", "accelerate"}
+    assert [Requirement(line).name for line in sources] == ["mamba-ssm", "causal-conv1d"]
 
 
 def test_pruning_keeps_what_only_the_kit_provides():
