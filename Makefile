@@ -27,12 +27,14 @@ install: $(STAMP)
 # The bundled model writes a piece per composer, with its piano roll (and audio when the soundfont is there).
 demo: install
 	$(BIN)/python scripts/generate.py --composers "Bach, Mozart, Chopin, Beethoven" --length 768 --plot \
-		--out outputs/demo $(if $(wildcard $(SOUNDFONT)),--render wav --soundfont $(SOUNDFONT))
+		--output_dir outputs/demo $(if $(wildcard $(SOUNDFONT)),--render wav --soundfont $(SOUNDFONT))
 
-# The web app on http://127.0.0.1:7860 (HOST=0.0.0.0 to serve other machines).
-HOST ?= 127.0.0.1
+# The web app on http://127.0.0.1:7860 (HOST=0.0.0.0 to serve other machines, PORT=8000 for another
+# port; without them, GRADIO_SERVER_NAME and GRADIO_SERVER_PORT as on a Hugging Face Space, else those).
+HOST ?=
+PORT ?=
 app: install
-	$(BIN)/python scripts/app.py --host $(HOST)
+	$(BIN)/python scripts/app.py $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 lint: install
 	$(BIN)/ruff check .
@@ -57,14 +59,14 @@ cuda-check: cuda-install
 SOURCE ?= drengskapur/midi-classical-music
 TOKENIZER ?= modeling/pretrained/gpt2-small-classical
 bundle: cuda-install
-	$(BIN)/python scripts/compare.py --source $(SOURCE) --tokenizer $(TOKENIZER) --bundle_dir modeling/pretrained
+	$(BIN)/python scripts/compare.py --sources $(SOURCE) --tokenizer $(TOKENIZER) --bundle_dir modeling/pretrained
 
 # Where there is internet, for a GPU machine without it (`make gpu-kit`): gpu-kit/ holds the wheels
 # it lacks, the token cache of SOURCE and run.sh; there, `bash gpu-kit/run.sh OUT_DIR [MINUTES]`.
 # KIT_ARGS passes more (--target_packages, --python_version, --dry_run: see scripts/gpu_kit.py).
 KIT_ARGS ?=
 gpu-kit: install
-	$(BIN)/python scripts/gpu_kit.py --source $(SOURCE) --tokenizer $(TOKENIZER) $(KIT_ARGS)
+	$(BIN)/python scripts/gpu_kit.py --sources $(SOURCE) --tokenizer $(TOKENIZER) $(KIT_ARGS)
 
 format: install
 	$(BIN)/ruff format .

@@ -1,7 +1,7 @@
 """Data benchmark: throughput of `TokenBlockStream` through a DataLoader with 0 (in the main process),
-1 and 2 workers, reading the same pieces from the source's token cache and from MIDI tokenized on
+1 and 2 workers, reading the same pieces from the sources' token caches and from MIDI tokenized on
 the fly, beside miditok's own `DatasetMIDI` read in one process, with the same tokenizer; and the
-time to build (or open) the token cache and its size on disk."""
+time to build (or open) the token caches and their size on disk."""
 
 from __future__ import annotations
 
@@ -19,12 +19,14 @@ import torch
 
 @dataclass
 class Arguments:
-    source: str = field(default="bundled", metadata={"help": "A local MIDI source (DatasetMIDI reads paths)."})
+    sources: list[str] = field(
+        default_factory=lambda: ["bundled"], metadata={"help": "Local MIDI sources (DatasetMIDI reads paths)."}
+    )
     json: str = field(default="outputs/bench_data.json", metadata={"help": "Where to write the results."})
     tokenizer: str | None = field(default=None, metadata={"help": "A saved tokenizer; left out: REMI without BPE."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where token caches live (train.py's)."})
     num_proc: int | None = field(default=None, metadata={"help": "Processes building the cache; left out: cores."})
-    max_files: int = field(default=300, metadata={"help": "Files in the sample (fixed by path hash)."})
+    max_files: int = field(default=300, metadata={"help": "Files of each source in the sample (fixed by path hash)."})
     block_size: int = 1024
     batch_size: int = 8
     workers: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "DataLoader worker counts."})
@@ -69,7 +71,7 @@ def time_miditok(args: Arguments, tokenizer) -> dict:
 
     from tokenization import list_midi_files
 
-    paths = [Path(f.url) for f in list_midi_files(args.source, max_files=args.max_files)]
+    paths = [Path(f.url) for source in args.sources for f in list_midi_files(source, max_files=args.max_files)]
     dataset = DatasetMIDI(
         paths,
         tokenizer.base,
@@ -92,24 +94,25 @@ def with_rates(result: dict) -> dict:
 
 def run(args: Arguments) -> dict:
     from tokenization import MusicTokenizer, TokenCache, load_source
+    from tokenization.sources import interleave
 
     tokenizer = MusicTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else MusicTokenizer()
     start = time.perf_counter()
-    cache = TokenCache.for_source(args.source, tokenizer, args.cache_dir, args.num_proc)
+    caches = [TokenCache.for_source(source, tokenizer, args.cache_dir, args.num_proc) for source in args.sources]
     cache_result = {
         "seconds_to_build_or_open": time.perf_counter() - start,
-        "folder": str(cache.folder),
-        "pieces": cache.info["pieces"],
-        "tokens": cache.info["tokens"],
-        "bytes_on_disk": sum(p.stat().st_size for p in cache.folder.iterdir()),
+        "folders": [str(cache.folder) for cache in caches],
+        "pieces": sum(cache.info["pieces"] for cache in caches),
+        "tokens": sum(cache.info["tokens"] for cache in caches),
+        "bytes_on_disk": sum(p.stat().st_size for cache in caches for p in cache.folder.iterdir()),
     }
-    print(f"token cache: {cache_result['seconds_to_build_or_open']:.1f} s to build or open, {cache.folder}")
+    print(f"token caches: {cache_result['seconds_to_build_or_open']:.1f} s to build or open")
     miditok_result = with_rates(time_miditok(args, tokenizer))
     print(f"miditok DatasetMIDI, 1 process: {miditok_result['tokens_per_s']:.0f} tokens/s")
     streams = {"midi": [], "cache": []}
     sources = {
-        "midi": lambda: load_source(args.source, max_files=args.max_files),
-        "cache": lambda: cache.pieces(max_files=args.max_files),
+        "midi": lambda: interleave([load_source(s, max_files=args.max_files) for s in args.sources], repeat=False),
+        "cache": lambda: interleave([cache.pieces(max_files=args.max_files) for cache in caches], repeat=False),
     }
     for num_workers in args.workers:
         for kind, open_source in sources.items():

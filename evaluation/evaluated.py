@@ -27,6 +27,8 @@ from modeling.ngram import CONFIG_NAME as NGRAM_CONFIG
 from modeling.ngram import NGramModel
 from modeling.pipeline_midi_generation import GrammarLogitsProcessor
 from tokenization import BlockCollator, MusicTokenizer, evaluation_blocks, skip_summary
+from tokenization.hub import hub_access
+from tokenization.tokenizer import CONDITIONS_FILE
 
 from .classification import Judge
 from .identification import POSITIONS, bootstrap_interval, identification, identification_windows, window_tokens
@@ -58,10 +60,17 @@ class EvaluatedModel(Protocol):
 def load_evaluated(name: str, device: str) -> EvaluatedModel:
     """The model in folder (or Hub repo) `name`: an n-gram folder of `train_ngram.py`, else a
     language model."""
-    tokenizer = MusicTokenizer.from_pretrained(name)  # first: a folder without one fails clearly
-    if (Path(name) / NGRAM_CONFIG).is_file():
-        return NGramEvaluated(name, tokenizer)
-    return LanguageModelEvaluated(name, tokenizer, device)
+    folder = Path(name)
+    if folder.is_dir() and not any((folder / config).is_file() for config in ("config.json", NGRAM_CONFIG)):
+        holds = "a tokenizer but no model" if (folder / CONDITIONS_FILE).is_file() else "no model"
+        raise FileNotFoundError(
+            f"{name} holds {holds} (no config.json): give train.py's or train_ngram.py's --output_dir"
+        )
+    with hub_access("model", name, "give a model folder (train.py's or train_ngram.py's --output_dir)"):
+        tokenizer = MusicTokenizer.from_pretrained(name)
+        if (folder / NGRAM_CONFIG).is_file():
+            return NGramEvaluated(name, tokenizer)
+        return LanguageModelEvaluated(name, tokenizer, device)
 
 
 def no_usable_piece(skipped: Counter) -> ValueError:

@@ -42,7 +42,7 @@ def report(results: dict, plots: list[Path]) -> str:
     lines = [
         f"# Evaluation of {results['model']} ({results['family']})",
         "",
-        f"Test split of {results['source']}: {nll['tokens']} tokens, {nll['notes']} notes: "
+        f"Test split of {', '.join(results['sources'])}: {nll['tokens']} tokens, {nll['notes']} notes: "
         f"**{nll['bits_per_token']:.3f} bits/token, {nll['bits_per_note']:.2f} bits/note**.",
         "",
         *identification_report(results["identification"]),
@@ -108,7 +108,8 @@ def identification_cells(found: dict | None) -> list[str]:
 
 
 def comparison_table(results: dict[str, dict]) -> str:
-    """The README's table: one row per results file (named by its stem) and guidance scale."""
+    """The README's table: one row per results file (named by its stem) and guidance scale; a
+    result without samples (`--likelihood_only`) or training speed leaves those cells blank."""
     header = (
         "| model | params | train tok/s | bits/token | bits/note | identification opening / middle "
         "| opening gain over Unknown / wrong (bits) | guidance | classifier top-1 / top-3 | "
@@ -117,30 +118,36 @@ def comparison_table(results: dict[str, dict]) -> str:
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for name, result in results.items():
-        nll, speed = result["likelihood"], result["training_tokens_per_second"]
-        params = f"{result['parameters'] / 1e6:.1f}M" if result["parameters"] else "-"
-        for run in result["runs"]:
-            accuracy = run["classifier"]["mean"]
-            overlaps = " | ".join(f"{run['mean_distances'][f]['overlap']:.2f}" for f in FEATURES)
-            cells = [
-                f"{name} ({result['family']})",
-                params,
-                f"{speed:.0f}" if speed else "-",
-                f"{nll['bits_per_token']:.3f}",
-                f"{nll['bits_per_note']:.2f}",
-                *identification_cells(result.get("identification")),
-                f"{run['guidance_scale']:g}",
-                f"{accuracy['top1']:.3f} / {accuracy['top3']:.3f}",
-                overlaps,
-                f"{run['generation']['ms_per_token']:.2f}",
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
-    if results:
-        first = next(iter(results.values()))
-        real, chance = first["real"]["classifier"]["mean"], first["real"]["chance"]
+        nll, speed = result["likelihood"], result.get("training_tokens_per_second")
+        lead = [
+            f"{name} ({result['family']})",
+            f"{result['parameters'] / 1e6:.1f}M" if result.get("parameters") else "-",
+            f"{speed:.0f}" if speed else "-",
+            f"{nll['bits_per_token']:.3f}",
+            f"{nll['bits_per_note']:.2f}",
+            *identification_cells(result.get("identification")),
+        ]
+        for run in result.get("runs") or [None]:
+            lines.append("| " + " | ".join(lead + run_cells(run)) + " |")
+    judged = [result for result in results.values() if "real" in result]
+    if judged:
+        real, chance = judged[0]["real"]["classifier"]["mean"], judged[0]["real"]["chance"]
         found = next((r["identification"] for r in results.values() if r.get("identification")), None)
         guess = f"{found['chance']:.3f} / {found['chance']:.3f}" if found else ""
         for name, accuracy, identified in (("real test music (opening windows)", real, ""), ("chance", chance, guess)):
             cells = [name, *[""] * 4, identified, "", "", f"{accuracy['top1']:.3f} / {accuracy['top3']:.3f}"]
             lines.append("| " + " | ".join(cells + [""] * (len(FEATURES) + 1)) + " |")
     return "\n".join(lines)
+
+
+def run_cells(run: dict | None) -> list[str]:
+    """A guidance scale's cells: the judge's accuracy, the statistics' overlaps, the sampling speed."""
+    if run is None:
+        return ["-"] * (len(FEATURES) + 3)
+    accuracy = run["classifier"]["mean"]
+    return [
+        f"{run['guidance_scale']:g}",
+        f"{accuracy['top1']:.3f} / {accuracy['top3']:.3f}",
+        *(f"{run['mean_distances'][f]['overlap']:.2f}" for f in FEATURES),
+        f"{run['generation']['ms_per_token']:.2f}",
+    ]

@@ -50,7 +50,7 @@ SOURCE_ONLY = {"mamba-ssm": "MAMBA", "causal-conv1d": "CAUSAL_CONV1D"}
 RUNNER_REQUIREMENTS = ["pytest>=8"]
 
 
-class KitError(Exception):
+class KitError(ValueError):
     """A kit that cannot be built as asked: one line, with the way out."""
 
 
@@ -204,30 +204,36 @@ def folder_bytes(folder: Path) -> int:
 
 
 def build_kit(
-    output: Path, target: Target, source: str, tokenizer_name: str | None, mode: str = "gpu", max_mib: float = 60.0
+    output: Path,
+    target: Target,
+    sources: list[str],
+    tokenizer_name: str | None,
+    mode: str = "gpu",
+    max_mib: float = 60.0,
 ) -> dict:
     """Write the kit to `output` (built beside it, then moved in place: a refused or broken build
     leaves no kit); return its description (also `kit.json`)."""
-    tokenizer = tokenizer_for(tokenizer_name, [source])  # as train.py picks it: without one, a cache's own
-    split_names(source)  # a missing source fails here, before anything slow
+    tokenizer = tokenizer_for(tokenizer_name, sources)  # as train.py picks it: without one, a cache's own
+    for source in sources:
+        split_names(source)  # a missing source fails here, before anything slow
     partial = output.with_name(output.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        wheels, sources = project_requirements()
+        wheels, source_only = project_requirements()
         missing = missing_packages(wheels, target)
         logger.info("the target lacks %s", ", ".join(f"{name} {version}" for name, version in missing.items()))
         download_wheels(missing, target, partial / "wheels")
-        logger.info("building pure-Python wheels of %s", ", ".join(sources))
-        build_source_only(sources, partial / "wheels")
-        logger.info("packing the token cache of %s", source)
-        cache = pack_token_cache(source, tokenizer, partial / "cache")
+        logger.info("building pure-Python wheels of %s", ", ".join(source_only))
+        build_source_only(source_only, partial / "wheels")
+        logger.info("packing the token caches of %s", ", ".join(sources))
+        caches = [pack_token_cache(source, tokenizer, partial / "cache") for source in sources]
         shutil.copy2(RUN_SCRIPT, partial / RUN_SCRIPT.name)
         kit = {
             "built": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "mode": mode,
             "target": asdict(target),
             "wheels": sorted(path.name for path in (partial / "wheels").glob("*.whl")),
-            "cache": cache,
+            "caches": caches,
             "kit_bytes": folder_bytes(partial),
             "tracked_bytes": tracked_bytes(),
         }
@@ -236,7 +242,7 @@ def build_kit(
             raise KitError(
                 f"the kit ({kit['kit_bytes'] / 2**20:.1f} MiB) and the tracked files "
                 f"({kit['tracked_bytes'] / 2**20:.1f} MiB) come to {total:.1f} MiB, over {max_mib:g}: "
-                "give a smaller source, or raise --max_mib if the machine takes more"
+                "give smaller sources, or raise --max_mib if the machine takes more"
             )
         (partial / KIT_FILE).write_text(json.dumps(kit, indent=2) + "\n")
     except BaseException:

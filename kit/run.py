@@ -165,13 +165,13 @@ class Runner:
         return "done" if code == 0 else f"failed (exit status {code})"
 
 
-def unpack_cache(kit_dir: Path, kit: dict, work: Path) -> Path:
-    """The kit's token cache, unpacked once into `work` (moved in place when whole)."""
-    folder = work / "cache" / kit["cache"]["folder"]
+def unpack_cache(kit_dir: Path, cache: dict, work: Path) -> Path:
+    """One of the kit's token caches, unpacked once into `work` (moved in place when whole)."""
+    folder = work / "cache" / cache["folder"]
     if not (folder / "token_cache.json").is_file():
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        with tarfile.open(kit_dir / kit["cache"]["file"]) as archive:
+        with tarfile.open(kit_dir / cache["file"]) as archive:
             archive.extractall(partial, filter="data")
         os.replace(partial / folder.name, folder)
         shutil.rmtree(partial)
@@ -197,7 +197,7 @@ def token_budget(benchmark: Path, preset: str, seconds: float, batch_tokens: int
     return int(tokens // batch_tokens) * batch_tokens or None
 
 
-def plan(mode: dict, cache: Path, work: Path) -> list[Step]:
+def plan(mode: dict, caches: list[Path], work: Path) -> list[Step]:
     """The steps of a run, in order."""
     python = sys.executable
 
@@ -206,7 +206,7 @@ def plan(mode: dict, cache: Path, work: Path) -> list[Step]:
         batch = mode["batch_tokens"]
         budget = batch and token_budget(work / "benchmark.json", mode["preset"], training, batch)
         return [
-            *(python, "scripts/compare.py", "--source", str(cache), "--time_limit", f"{training:.0f}"),
+            *(python, "scripts/compare.py", "--sources", *map(str, caches), "--time_limit", f"{training:.0f}"),
             *(["--max_train_tokens", str(budget)] if budget else []),
             *("--output_dir", str(work / "compare"), "--bundle_dir", str(work / "bundles"), *mode["compare"]),
         ]
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, runner.stop)
     runner.work.mkdir(parents=True, exist_ok=True)
-    steps = plan(mode, unpack_cache(kit_dir, kit, runner.work), runner.work)
+    steps = plan(mode, [unpack_cache(kit_dir, cache, runner.work) for cache in kit["caches"]], runner.work)
     summary = {"kit": kit, "minutes": args.minutes, "steps": []}
     for step in steps:
         runner.run(step)

@@ -54,6 +54,12 @@ def resolve_model(name: str | None) -> tuple[str, str]:
         )
     path = Path(name)
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            holds = "a tokenizer but no model" if (path / "music_tokenizer.json").is_file() else "no model"
+            raise ValueError(
+                f"--model {name}: the folder holds {holds} (no config.json); give a model folder "
+                f"(train.py's --output_dir); models here: {', '.join(available_models())}"
+            )
         return str(path), path.resolve().name
     if name.startswith((".", "/", "~")) or path.parts[0] in ("outputs", "modeling") or Path(path.parts[0]).is_dir():
         raise ValueError(f"--model {name}: no such folder; models here: {', '.join(available_models())}")

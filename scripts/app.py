@@ -2,6 +2,7 @@
 
     python scripts/app.py                      # http://127.0.0.1:7860
     python scripts/app.py --model outputs/mamba-small --port 8000
+    GRADIO_SERVER_NAME=0.0.0.0 GRADIO_SERVER_PORT=7861 python scripts/app.py    # as on a Space
 
 Choose a model (a bundled one, a folder, a Hub repo id), a composer from that model's own
 list, the length and the sampling settings, optionally a MIDI file to continue; the piano roll
@@ -19,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
-from transformers import HfArgumentParser, pipeline
+from transformers import pipeline
 
 import modeling
+from command_line import CommandParser
 from evaluation.rendering import find_soundfont, piano_roll, write_wav
 from modeling.catalog import available_models, default_model, resolve_model
 
@@ -33,8 +35,15 @@ MAX_TRACK_SECONDS = 7200
 @dataclass
 class Arguments:
     model: str | None = field(default=None, metadata={"help": "The model chosen first; left out: the bundled one."})
-    host: str = field(default="127.0.0.1", metadata={"help": "Address to serve on (0.0.0.0: every interface)."})
-    port: int = field(default=7860, metadata={"help": "Port to serve on."})
+    host: str | None = field(
+        default=None,
+        metadata={
+            "help": "Address to serve on (0.0.0.0: every interface); left out: $GRADIO_SERVER_NAME, else 127.0.0.1."
+        },
+    )
+    port: int | None = field(
+        default=None, metadata={"help": "Port to serve on; left out: $GRADIO_SERVER_PORT, else 7860."}
+    )
     soundfont: str | None = field(
         default=None, metadata={"help": "General MIDI soundfont for the audio; left out: as generate.py finds one."}
     )
@@ -137,9 +146,15 @@ def build(args: Arguments) -> gr.Blocks:
     return app
 
 
-def main() -> None:
-    (args,) = HfArgumentParser(Arguments).parse_args_into_dataclasses()
-    build(args).queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port)
+def main(argv: list[str] | None = None) -> None:
+    parser = CommandParser(Arguments)
+    (args,) = parser.parse(argv)
+    with parser.failures():  # the first model and a soundfont asked for, before the server starts
+        if args.soundfont:
+            find_soundfont(args.soundfont)
+        app = build(args)
+    # None leaves the address and port to Gradio, which reads GRADIO_SERVER_NAME and GRADIO_SERVER_PORT
+    app.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Speed benchmarks, written as JSON: `data`, `models` or `pipeline` (see the `benchmarks` package).
 
-python scripts/benchmark.py data --source ../shared/data/midi-classical-music --json outputs/bench_data.json
+python scripts/benchmark.py data --sources ../shared/data/midi-classical-music --json outputs/bench_data.json
 
 python scripts/benchmark.py models --json outputs/bench_models.json
 python scripts/benchmark.py models --device cuda --precision bf16 --json outputs/bench_models_gpu.json
@@ -15,19 +15,21 @@ import json
 import sys
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
 from benchmarks import BENCHMARKS
+from command_line import CommandParser
 
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in BENCHMARKS:
-        sys.exit(f"usage: benchmark.py {{{'|'.join(BENCHMARKS)}}} [--option value ...]")
+        print(f"benchmark.py: error: name one: {{{'|'.join(BENCHMARKS)}}} [--option value ...]", file=sys.stderr)
+        sys.exit(2)
     benchmark = importlib.import_module(f"benchmarks.{argv[0]}")  # only what this benchmark measures
-    (args,) = HfArgumentParser(benchmark.Arguments).parse_args_into_dataclasses(args=argv[1:])
+    parser = CommandParser(benchmark.Arguments, prog=f"benchmark.py {argv[0]}")
+    (args,) = parser.parse(argv[1:])
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    results = benchmark.run(args)
+    with parser.failures():
+        results = benchmark.run(args)
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     print(f"results written to {args.json}")
     return results

@@ -1,9 +1,9 @@
 """Train the three families on the same tokens, judge them with one independent classifier, and
 bundle them: the comparison behind the README's table and the bundled models, in one command.
 
-    python scripts/compare.py --source drengskapur/midi-classical-music \\
+    python scripts/compare.py --sources drengskapur/midi-classical-music \\
         --tokenizer modeling/pretrained/gpt2-small-classical --bundle_dir modeling/pretrained
-    python scripts/compare.py --source bundled --tokenizer modeling/pretrained/gpt2-small-classical \\
+    python scripts/compare.py --sources bundled --tokenizer modeling/pretrained/gpt2-small-classical \\
         --preset tiny --max_train_tokens 16384 --per_device_train_batch_size 8 --mixed_precision no \\
         --classifier_preset tiny --classifier_steps 4 --classifier_args "--min_files 4" --num_samples 1 \\
         --length 24 --output_dir outputs/compare-dry-run      # a CPU dry run, as the tests do
@@ -13,7 +13,7 @@ Each step runs the project's own script as a subprocess, its log in `<output_dir
    it shares weights with none of the models it judges), and the baselines: `train_ngram.py`
    4-grams on the whole training split and on as many tokens as the models see;
 2. the models: `accelerate launch scripts/train.py scripts/configs/<family>-<preset>.yaml` per
-   family with the same source, tokenizer, seed, batch and token budget, so every family sees
+   family with the same sources, tokenizer, seed, batch and token budget, so every family sees
    the same blocks in the same order (the condition on every block); all at once on the one
    device (`--parallel`, the default) or one after another; each stops at `--time_limit` with
    a checkpoint and an export;
@@ -38,9 +38,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser
 
 import modeling
+from command_line import CommandParser
 from evaluation import comparison
 from evaluation.report import comparison_table
 from modeling.compact import save_compact
@@ -53,11 +53,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass
 class Arguments:
-    source: str = field(
-        default="drengskapur/midi-classical-music", metadata={"help": "MIDI source or its token-cache folder."}
+    sources: list[str] = field(
+        default_factory=lambda: ["drengskapur/midi-classical-music"],
+        metadata={"help": "MIDI sources or their token-cache folders."},
+    )
+    source_weights: list[float] | None = field(
+        default=None, metadata={"help": "How often training draws from each source (train.py's)."}
     )
     tokenizer: str | None = field(
-        default=None, metadata={"help": "Tokenizer folder or repo id (needed unless --source is a token cache)."}
+        default=None, metadata={"help": "Tokenizer folder or repo id (needed unless --sources are token caches)."}
     )
     families: list[str] = field(default_factory=lambda: list(modeling.FAMILIES))
     preset: str = field(default="small", metadata={"help": "Model size of every family: tiny, small or base."})
@@ -103,14 +107,15 @@ def check(args: Arguments) -> None:
         raise ValueError(f"accelerate config {args.accelerate_config} not found: see accelerate_configs/")
     if min(args.max_train_tokens, args.time_limit, args.classifier_steps, args.num_samples, args.length) <= 0:
         raise ValueError("--max_train_tokens, --time_limit, --classifier_steps, --num_samples, --length: give > 0")
-    if args.tokenizer is None and not is_token_cache(args.source):
+    if args.tokenizer is None and not all(is_token_cache(source) for source in args.sources):
         raise ValueError(
             "give --tokenizer (the bundled models': modeling/pretrained/gpt2-small-classical), or a token-cache "
-            "folder as --source: every family must read the same tokens"
+            "folders as --sources: every family must read the same tokens"
         )
-    missing = {"train", "validation", "test"} - set(split_names(args.source))  # raises when the source is absent
+    found = set().union(*(split_names(source) for source in args.sources))  # raises when a source is absent
+    missing = {"train", "validation", "test"} - found
     if missing:
-        raise ValueError(f"source {args.source!r} has no {', '.join(sorted(missing))} split: give a larger source")
+        raise ValueError(f"{', '.join(args.sources)}: no {', '.join(sorted(missing))} split: give a larger source")
 
 
 def launch(args: Arguments, script: str, *flags: str) -> list[str]:
@@ -121,7 +126,7 @@ def launch(args: Arguments, script: str, *flags: str) -> list[str]:
 
 
 def data_flags(args: Arguments) -> list[str]:
-    return ["--sources", args.source, *(["--tokenizer", args.tokenizer] if args.tokenizer else [])]
+    return ["--sources", *args.sources, *(["--tokenizer", args.tokenizer] if args.tokenizer else [])]
 
 
 def baseline_commands(args: Arguments, out: Path) -> dict[str, list[str]]:
@@ -154,6 +159,7 @@ def train_command(args: Arguments, out: Path, family: str, seconds: float) -> li
         "scripts/train.py",
         f"scripts/configs/{family}-{args.preset}.yaml",
         *data_flags(args),
+        *(["--source_weights", *(f"{w:g}" for w in args.source_weights)] if args.source_weights else []),
         *("--max_train_tokens", str(args.max_train_tokens), "--time_limit", f"{seconds:.0f}"),
         *("--per_device_train_batch_size", str(args.per_device_train_batch_size)),
         *("--warmup_steps", str(args.warmup_steps), "--seed", str(args.seed), "--report_to", "none"),
@@ -181,9 +187,9 @@ def train(args: Arguments, jobs: comparison.Jobs, out: Path) -> dict[str, float]
 
 
 def evaluate_command(args: Arguments, model: Path, result: Path, *flags: str) -> list[str]:
-    """evaluate.py on the source's test split, its results in `result`."""
+    """evaluate.py on the sources' test split, its results in `result`."""
     device = ["--device", args.device] if args.device else []
-    command = [sys.executable, "scripts/evaluate.py", str(model), "--source", args.source, "--json", str(result)]
+    command = [sys.executable, "scripts/evaluate.py", str(model), "--sources", *args.sources, "--json", str(result)]
     return [*command, *flags, *device, *shlex.split(args.eval_args)]
 
 
@@ -215,7 +221,7 @@ def bundle(args: Arguments, jobs: comparison.Jobs, out: Path, families: list[str
     bundled = {}
     for family, copy in copies.items():
         full, compact = (comparison.read_json(out / "eval" / f"{name}.json") for name in (family, f"{family}-compact"))
-        cost = comparison.note_compact_cost(copy, args.source, full, compact)
+        cost = comparison.note_compact_cost(copy, ", ".join(args.sources), full, compact)
         bundled[family] = {"folder": str(copy), **sizes[family], **cost}
     return bundled
 
@@ -232,12 +238,10 @@ def report(summary: dict, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser(Arguments)
-    (args,) = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
-    try:
+    parser = CommandParser(Arguments)
+    (args,) = parser.parse(argv)
+    with parser.failures():
         check(args)
-    except (ValueError, OSError) as error:
-        parser.error(str(error).splitlines()[0])
     out = Path(args.output_dir)
     jobs = comparison.Jobs(out / "logs", cwd=ROOT)
     # The judge and the n-grams (CPU) run beside the models; in turn, they go first.

@@ -1,13 +1,13 @@
 """Evaluate a MIDI language model against real music: likelihood, a composer classifier, statistics.
 
     python scripts/evaluate.py outputs/compare/mamba --classifier outputs/classifier \\
-        --source ../shared/data/midi-classical-music --json outputs/eval/mamba.json --guidance_scales 1 3
+        --sources ../shared/data/midi-classical-music --json outputs/eval/mamba.json --guidance_scales 1 3
     python scripts/evaluate.py outputs/ngram-classical --classifier outputs/classifier \\
-        --source ../shared/data/midi-classical-music --json outputs/eval/ngram.json
+        --sources ../shared/data/midi-classical-music --json outputs/eval/ngram.json
     python scripts/evaluate.py --table outputs/eval/*.json
 
 MODEL is a model folder or Hub repo id (any of the three families), or an n-gram folder from
-`train_ngram.py`. On the source's test split (read from its token cache, so twins of
+`train_ngram.py`. On the sources' test split (read from their token caches, so twins of
 training pieces are out) it measures bits per token and per note (notes make models with
 different vocabularies comparable) in blocks framed as in training, and likelihood
 identification: how often the model's own likelihood names the composer of the opening and
@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser
 
+from command_line import CommandParser
 from evaluation.classification import Judge, labelled_pieces
 from evaluation.evaluated import load_evaluated, sample_and_judge
 from evaluation.metrics import set_histograms, topk_accuracy
@@ -42,6 +42,7 @@ from evaluation.report import comparison_table, plot_histograms, report
 from modeling.training import training_speed
 from tokenization import open_pieces, pieces_of
 from tokenization.composers import canonical_composer
+from tokenization.hub import looks_local
 from tokenization.sources import sample_paths
 
 
@@ -49,7 +50,9 @@ from tokenization.sources import sample_paths
 class Arguments:
     model: str | None = field(default=None, metadata={"help": "Model folder or repo id, or an n-gram folder."})
     classifier: str | None = field(default=None, metadata={"help": "Folder of train_classifier.py's output."})
-    source: str | None = field(default=None, metadata={"help": "MIDI source whose test split is the reference."})
+    sources: list[str] | None = field(
+        default=None, metadata={"help": "MIDI sources or token caches whose test split is the reference."}
+    )
     json: str | None = field(default=None, metadata={"help": "Results file; the report goes beside it (.md)."})
     composers: str | None = field(default=None, metadata={"help": "Comma-separated; left out: the classifier's."})
     num_samples: int = field(default=8, metadata={"help": "Generated pieces per composer and guidance scale."})
@@ -64,7 +67,7 @@ class Arguments:
     identification_tokens: int = field(default=512, metadata={"help": "Music tokens per identification window."})
     batch_size: int = field(default=8)
     token_cache: bool = field(
-        default=True, metadata={"help": "Read the test split from the source's token cache (--no_token_cache: MIDI)."}
+        default=True, metadata={"help": "Read the test split from the token caches (--no_token_cache: MIDI)."}
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Where token caches live (train.py's)."})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ...; left out: cuda if available."})
@@ -75,29 +78,36 @@ class Arguments:
     )
 
 
-def parse_arguments(argv: list[str]) -> tuple[HfArgumentParser, Arguments]:
+USAGE = "evaluate.py MODEL --classifier CLS --sources URI [URI ...] --json OUT"
+
+
+def parse_arguments(argv: list[str] | None) -> tuple[CommandParser, Arguments]:
     """MODEL may come first without `--model`, as in `evaluate.py MODEL --classifier ...`."""
-    parser = HfArgumentParser(
+    parser = CommandParser(
         Arguments,
-        usage="%(prog)s MODEL --classifier CLS --source URI --json OUT [--key value ...]\n"
-        "       %(prog)s MODEL --likelihood_only --source URI --json OUT\n"
+        usage=f"{USAGE} [--key value ...]\n"
+        "       %(prog)s MODEL --likelihood_only --sources URI --json OUT\n"
         "       %(prog)s --table RESULTS.json [RESULTS.json ...]",
     )
+    argv = sys.argv[1:] if argv is None else argv
     if argv and not argv[0].startswith("-"):
         argv = ["--model", *argv]
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    (args,) = parser.parse(argv)
     if args.table:
         missing = [path for path in args.table if not Path(path).is_file()]
         if missing:
             parser.error(f"--table: no results file {', '.join(missing)}: give evaluate.py's --json outputs")
         return parser, args
-    needed = ("model", "source", "json") if args.likelihood_only else ("model", "classifier", "source", "json")
+    if args.model and not Path(args.model).is_dir() and looks_local(args.model):
+        parser.error(
+            f"no model folder {args.model}: give train.py's or train_ngram.py's --output_dir, or a Hub repo id"
+        )
+    if args.classifier and not Path(args.classifier).is_dir():
+        parser.error(f"no classifier folder {args.classifier}: give train_classifier.py's --output_dir")
+    needed = ("model", "sources", "json") if args.likelihood_only else ("model", "classifier", "sources", "json")
     missing = [name for name in needed if getattr(args, name) is None]
     if missing:
-        parser.error(
-            f"missing {', '.join('--' + m for m in missing)}: "
-            "evaluate.py MODEL --classifier CLS --source URI --json OUT"
-        )
+        parser.error(f"missing {', '.join('--' + m for m in missing)}: {USAGE}")
     if not 0 < args.top_p <= 1:
         parser.error(f"--top_p is a probability mass in (0, 1], got {args.top_p}")
     if min(args.num_samples, args.length, args.batch_size, args.identification_tokens) < 1 or args.block_size < 3:
@@ -108,12 +118,12 @@ def parse_arguments(argv: list[str]) -> tuple[HfArgumentParser, Arguments]:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    parser, args = parse_arguments(sys.argv[1:] if argv is None else argv)
+    parser, args = parse_arguments(argv)
     if args.table:
         print(comparison_table({Path(p).stem: json.loads(Path(p).read_text()) for p in args.table}))
         return None
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
+    with parser.failures():
         evaluated = load_evaluated(args.model, device)
         if not args.likelihood_only:
             judge = Judge(args.classifier, device, evaluated.tokenizer)
@@ -129,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                     f"({', '.join(judge.labels)})"
                 )
         source = open_pieces(
-            [args.source], "test", evaluated.tokenizer, cached=args.token_cache, cache_dir=args.cache_dir
+            args.sources, "test", evaluated.tokenizer, cached=args.token_cache, cache_dir=args.cache_dir, repeat=False
         )
         rows = list(pieces_of(source, evaluated.tokenizer, Counter()))
         # the likelihood may take a fixed sample of the split, as train.py's --eval_max_files does
@@ -138,15 +148,13 @@ def main(argv: list[str] | None = None) -> dict | None:
         likelihood = evaluated.likelihood(
             [row for row in rows if row["path"] in sample], args.block_size, args.batch_size
         )
-    except (ValueError, OSError) as error:
-        parser.error(str(error).splitlines()[0])
     output = Path(args.json)
     output.parent.mkdir(parents=True, exist_ok=True)
     results = {
         "model": args.model,
         "family": evaluated.family,
         "parameters": evaluated.parameters,
-        "source": args.source,
+        "sources": args.sources,
         "arguments": asdict(args),
         "likelihood": likelihood,
     }
@@ -160,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     missing = sorted(set(composers) - {piece.composer for piece in pieces})
     if missing:
         parser.error(
-            f"the test split of {args.source} has no piece of {', '.join(missing)}: "
+            f"the test split of {', '.join(args.sources)} has no piece of {', '.join(missing)}: "
             "choose --composers among the others"
         )
     results |= {
@@ -176,7 +184,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     }
     judged = pieces
     if not judge.shared:
-        own = open_pieces([args.source], "test", judge.tokenizer, cached=args.token_cache, cache_dir=args.cache_dir)
+        own = open_pieces(
+            args.sources, "test", judge.tokenizer, cached=args.token_cache, cache_dir=args.cache_dir, repeat=False
+        )
         judged = labelled_pieces(own, judge.tokenizer, set(composers), Counter())
     results["real"] = {
         "pieces": {c: len(excerpts[c]) for c in composers},

@@ -8,8 +8,9 @@
 
 `--model` is a family name (the model a preset trained into `outputs/<family>-small`, else the
 bundled model of that family), a model folder, or a Hub repo id; without it the bundled GPT-2
-generates. Files go to `<out>/<model>/<composer>/sample_<i>.mid`, with a
-piano roll (`--plot`) and audio (`--render wav`: symusic's synthesizer and a General MIDI soundfont).
+generates. Files go to `<output_dir>/<model>/<composer>/sample_<i>.mid`, with a piano roll
+(`--plot`) and audio (`--render wav`: symusic's synthesizer and a General MIDI soundfont); a
+sample written again replaces both or removes the old ones.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser, pipeline
+from transformers import pipeline
 
 import modeling
+from command_line import CommandParser
 from evaluation.rendering import find_soundfont, piano_roll, write_wav
 from model_cards import WELL_TRAINED
 from modeling.catalog import resolve_model
 from modeling.pipeline_midi_generation import MusicVocabulary
+from tokenization.hub import hub_access
 
 PITCH_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
@@ -45,7 +48,7 @@ class Arguments:
     )
     length: int = field(default=1024, metadata={"help": "Tokens to generate per sample."})
     num_samples: int = field(default=1, metadata={"help": "Samples per composer."})
-    out: str = field(default="outputs/generated", metadata={"help": "Output folder."})
+    output_dir: str = field(default="outputs/generated", metadata={"help": "Output folder."})
     prompt: str | None = field(default=None, metadata={"help": "A MIDI file each sample continues."})
     guidance_scale: float = field(default=1.0, metadata={"help": "Classifier-free guidance (1: off)."})
     temperature: float = field(default=1.0, metadata={"help": "Below 1: safer choices; above 1: bolder ones."})
@@ -83,37 +86,38 @@ def print_composers(model: str, vocabulary: MusicVocabulary) -> None:
     )
 
 
-def check_render(args: Arguments) -> Path | None:
-    """The soundfont `--render` will use, found before generating (None without --render)."""
+def check(args: Arguments, composers: list[str]) -> None:
+    """What can be checked here, before anything slow (the Hub, a model, a soundfont download)."""
+    if not composers or args.length < 1 or args.num_samples < 1:
+        raise ValueError("--composers needs at least one name, --length and --num_samples positive numbers")
+    if args.prompt and not Path(args.prompt).is_file():
+        raise FileNotFoundError(f"no prompt file {args.prompt}: give a MIDI file for the samples to continue")
     if args.render not in (None, "wav"):
         raise ValueError(f"--render {args.render}: only wav is supported")
-    return find_soundfont(args.soundfont) if args.render else None
+
+
+MODEL_INSTEAD = "give a model folder or a family (transformer, mamba, xlstm), or leave --model out for the bundled one"
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = HfArgumentParser(Arguments)
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    parser = CommandParser(Arguments)
+    (args,) = parser.parse(argv)
     composers = list(dict.fromkeys(name.strip() for name in args.composers.split(",") if name.strip()))
-    try:
-        if not composers or args.length < 1 or args.num_samples < 1:
-            raise ValueError("--composers needs at least one name, --length and --num-samples positive numbers")
-        soundfont = check_render(args)
+    with parser.failures():
+        check(args, composers)
         model, model_name = resolve_model(args.model)
-        if args.list_composers:
-            vocabulary = MusicVocabulary(model)  # the tokenizer alone: no model to load
-        else:
-            started = time.perf_counter()
-            results = generate(args, model, composers)
-    except (ValueError, OSError) as error:  # OSError: a missing file, or a Hub repo that cannot be reached
-        message = str(error).splitlines()[0]
-        if "couldn't connect" in message:
-            message = f"--model {args.model}: not a folder here, and the Hub cannot be reached (offline?)"
-        parser.error(message)
+        soundfont = find_soundfont(args.soundfont) if args.render else None
+        with hub_access("model", model, MODEL_INSTEAD):
+            if args.list_composers:
+                vocabulary = MusicVocabulary(model)  # the tokenizer alone: no model to load
+            else:
+                started = time.perf_counter()
+                results = generate(args, model, composers)
     if args.list_composers:
         print_composers(model, vocabulary)
         return []
     seconds = time.perf_counter() - started
-    rows = write_samples(results, args, Path(args.out) / model_name, soundfont)
+    rows = write_samples(results, args, Path(args.output_dir) / model_name, soundfont)
     print_summary(rows, generated=sum(r["new_tokens"] for r in rows), seconds=seconds)
     return rows
 
@@ -160,6 +164,8 @@ def write_samples(results: list[dict], args: Arguments, folder: Path, soundfont:
         sample = i % args.num_samples
         path = folder / result["composer"].replace("/", "_") / f"sample_{sample}.mid"  # an artist like AC/DC
         path.parent.mkdir(parents=True, exist_ok=True)
+        for companion in (".png", ".wav"):  # a roll or audio of an older sample would be taken for this one's
+            path.with_suffix(companion).unlink(missing_ok=True)
         path.write_bytes(result["midi"])
         if args.plot and result["score"].note_num():
             figure = piano_roll(result["score"], f"{result['composer']}, sample {sample}")

@@ -42,9 +42,10 @@ from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, HfArgumentParser, get_scheduler
+from transformers import AutoConfig, AutoModelForCausalLM, get_scheduler
 
 import modeling
+from command_line import CommandParser
 from evaluation import identification, identification_windows, window_tokens
 from evaluation.identification import summary_metrics
 from evaluation.likelihood import evaluate
@@ -78,6 +79,7 @@ from tokenization import (
     split_names,
     tokenizer_for,
 )
+from tokenization.hub import hub_access, looks_local
 
 logger = get_logger(__name__)
 
@@ -195,7 +197,7 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, TrainArguments)
 
 def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainArguments]:
     """`[preset.yaml] [--key value ...]`: the YAML file's values are defaults the flags override."""
-    parser = HfArgumentParser(ARGUMENT_CLASSES, usage="%(prog)s [PRESET.yaml] [--key value ...]")
+    parser = CommandParser(ARGUMENT_CLASSES, usage="%(prog)s [PRESET.yaml] [--key value ...]")
     if argv and argv[0].endswith((".yaml", ".yml")):
         preset, argv = Path(argv[0]), argv[1:]
         if not preset.is_file():
@@ -208,14 +210,9 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Tra
         if isinstance(values.get("config_overrides"), dict):
             values["config_overrides"] = json.dumps(values["config_overrides"])
         parser.set_defaults(**values)
-    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if unknown:
-        parser.error(f"unknown argument(s) {' '.join(unknown)}: see --help for the valid ones")
-    model_args, data_args, train_args = parsed
-    try:
+    model_args, data_args, train_args = parser.parse(argv)
+    with parser.failures():
         check_arguments(model_args, data_args, train_args)
-    except (ValueError, OSError) as error:
-        parser.error(str(error).splitlines()[0])
     return model_args, data_args, train_args
 
 
@@ -230,7 +227,12 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, train_
     if model_args.init_from:
         if model_args.tokenizer:
             raise ValueError("--init_from brings its own tokenizer: leave out --tokenizer")
-        AutoConfig.from_pretrained(model_args.init_from)  # raises when there is no model there
+        if not Path(model_args.init_from).is_dir() and looks_local(model_args.init_from):
+            raise FileNotFoundError(f"no model folder {model_args.init_from} to start from (--init_from)")
+        with hub_access("model", model_args.init_from, "give a model folder to start from (--init_from)"):
+            AutoConfig.from_pretrained(model_args.init_from)  # raises when there is no model there
+    if model_args.tokenizer:
+        MusicTokenizer.from_pretrained(model_args.tokenizer)  # a missing one fails here, not after the data
     for source in data_args.sources:
         splits = split_names(source)  # raises when the source does not exist
         for split in ("train", "validation"):
@@ -725,11 +727,12 @@ def main(argv: list[str] | None = None) -> None:
     progress.close()
 
     sharded = accelerator.distributed_type == DistributedType.FSDP  # each rank holds a slice of the weights
+    ran = max_steps > start  # a resumed run that was complete reads no data: no digest to give
     logger.info(
         "rank %d: %s; data digest %s; parameter digest %s",
         accelerator.process_index,
         skip_summary(loader.dataset.skipped) if data_args.num_workers == 0 else "skips are logged by the workers",
-        data_digest.hexdigest()[:12],
+        data_digest.hexdigest()[:12] if ran else f"none (no step left after step {start}: nothing read)",
         "n/a (sharded)" if sharded else parameter_digest(accelerator.unwrap_model(model)),
         main_process_only=False,
     )

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,9 +28,10 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
-from transformers import AutoModelForSequenceClassification, HfArgumentParser, get_scheduler
+from transformers import AutoModelForSequenceClassification, get_scheduler
 
 import modeling
+from command_line import CommandParser
 from evaluation.classification import (
     composers_by_files,
     evaluation_windows,
@@ -163,13 +163,13 @@ def held_out_accuracy(model, tokenizer, pieces: list, args: Arguments) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser(Arguments)
-    (args,) = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+    parser = CommandParser(Arguments)
+    (args,) = parser.parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(args.seed)  # before the head is initialised
-    try:
+    with parser.failures():
         counts = (args.window_tokens, args.max_steps, args.logging_steps, args.eval_windows_per_piece)
         if min(*counts, args.per_device_train_batch_size, args.per_device_eval_batch_size) < 1:
             raise ValueError(
@@ -184,8 +184,6 @@ def main(argv: list[str] | None = None) -> dict:
             tokenizer = load_tokenizer(args)
             names = class_names(args, tokenizer)
         model = load_backbone(args, names, tokenizer)
-    except (ValueError, OSError) as error:
-        parser.error(str(error).splitlines()[0])
     if accelerator.is_main_process:
         remove_partial_checkpoints(output_dir)  # left by a run killed while saving
     pieces = read_pieces(args, tokenizer, names, "train", args.max_pieces_per_composer)

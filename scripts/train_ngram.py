@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser
 
+from command_line import CommandParser
 from modeling.ngram import NGramModel
 from tokenization import open_pieces, pieces_of, skip_summary, tokenizer_for
 
@@ -47,18 +46,16 @@ class Arguments:
 
 
 def main(argv: list[str] | None = None) -> NGramModel:
-    parser = HfArgumentParser(Arguments)
-    (args,) = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+    parser = CommandParser(Arguments)
+    (args,) = parser.parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.order < 1:
         parser.error(f"--order must be at least 1, got {args.order}")
-    try:
+    with parser.failures():
         tokenizer = tokenizer_for(args.tokenizer, args.sources)
         rows = open_pieces(
             args.sources, "train", tokenizer, cached=args.token_cache, cache_dir=args.cache_dir, repeat=False
         )
-    except (ValueError, OSError) as error:
-        parser.error(str(error).splitlines()[0])
     # Pieces in random order (each piece is a shard), so that --max_train_tokens samples every
     # composer rather than the first ones by name.
     rows = rows.shuffle(seed=args.seed, buffer_size=1)

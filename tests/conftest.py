@@ -48,7 +48,10 @@ class Ids:
 
 @functools.cache
 def load_script(name: str):
-    """`scripts/<name>.py` as a module, loaded once (scripts are not a package)."""
+    """`scripts/<name>.py` as a module, loaded once (scripts are not a package; as when a script
+    runs, the modules beside it import, e.g. `command_line`)."""
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.append(str(ROOT / "scripts"))
     spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look it up
     spec.loader.exec_module(module)

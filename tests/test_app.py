@@ -1,9 +1,13 @@
 """The web app: through Gradio's client (streaming, files, errors) and in a real browser."""
 
+import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -90,3 +94,28 @@ def test_the_app_in_a_browser(app_url, not_midi, tmp_path):
         page.get_by_role("button", name="Compose").click()
         page.get_by_text("the prompt is not a readable MIDI file").first.wait_for(timeout=60_000)
         browser.close()
+
+
+def test_the_command_serves_where_a_space_says_when_no_flag_does(app_url):
+    """GRADIO_SERVER_PORT and GRADIO_SERVER_NAME, the Hugging Face Spaces convention, when --port
+    and --host are left out (the command's start: about 10 s)."""
+    _, folder = app_url
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
+    command = [sys.executable, "scripts/app.py", "--model", str(folder)]
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as page:
+                    assert page.status == 200
+                    return
+            except OSError:
+                time.sleep(0.5)
+        pytest.fail(f"nothing served on port {port}: {server.stderr.read().decode()[-2000:] if server.poll() else ''}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -20,7 +20,7 @@ STARTED = re.compile(r"^\d\d:\d\d:\d\d ([\w-]+): \S+python", re.MULTILINE)  # a 
 
 def compare(out, tokenizer) -> subprocess.CompletedProcess:
     """The CPU dry run: tiny presets, 8 steps of 8 blocks of 256 tokens per family."""
-    command = [sys.executable, "scripts/compare.py", "--source", "bundled", "--tokenizer", str(tokenizer)]
+    command = [sys.executable, "scripts/compare.py", "--sources", "bundled", "--tokenizer", str(tokenizer)]
     command += ["--preset", "tiny", "--max_train_tokens", "16384", "--per_device_train_batch_size", "8"]
     command += ["--time_limit", "300", "--warmup_steps", "2", "--eval_steps", "0", "--save_steps", "0"]
     command += ["--mixed_precision", "no", "--classifier_preset", "tiny", "--classifier_steps", "4"]
@@ -101,8 +101,8 @@ BUNDLED_TOKENIZER = ["--tokenizer", "modeling/pretrained/gpt2-small-classical"]
         (["--families", "transformer", "rnn"], "unknown famil(ies) rnn: choose among transformer, mamba, xlstm"),
         (["--preset", "huge"], "unknown preset 'huge'"),
         (["--accelerate_config", "nowhere.yaml"], "accelerate config nowhere.yaml not found"),
-        (["--source", "/nowhere/midi"], "MIDI source '/nowhere/midi' not found"),
-        (["--source", "bundled:lakh"], "has no test, validation split"),
+        (["--sources", "/nowhere/midi"], "no MIDI source '/nowhere/midi': no such folder here"),
+        (["--sources", "bundled:lakh"], "bundled:lakh: no test, validation split"),
         (["--time_limit", "0"], "give > 0"),
     ],
 )
@@ -117,7 +117,7 @@ def test_bad_arguments_fail_at_start_with_a_clear_message(argv, message, capsys,
 def test_without_a_tokenizer_the_families_could_read_different_tokens(capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     with pytest.raises(SystemExit):
-        load_script("compare").main(["--source", "bundled"])
+        load_script("compare").main(["--sources", "bundled"])
     assert (
         "give --tokenizer (the bundled models': modeling/pretrained/gpt2-small-classical)" in capsys.readouterr().err
     )

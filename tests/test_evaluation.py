@@ -168,7 +168,7 @@ def models(tokenizer, tmp_path_factory) -> dict[str, Path]:
 
 def evaluate(model: Path, classifier: Path, out: Path, *extra: str) -> dict:
     return load_script("evaluate").main(
-        [str(model), "--classifier", str(classifier), "--source", "bundled", "--json", str(out)]
+        [str(model), "--classifier", str(classifier), "--sources", "bundled", "--json", str(out)]
         + ["--composers", "bach, chopin", "--num_samples", "2", "--length", "40", *extra]
     )
 
@@ -271,7 +271,7 @@ def test_evaluate_bad_input_fails_with_one_line(change, message, models, classif
         composers = "bach, elgar"
     with pytest.raises(SystemExit):
         load_script("evaluate").main(
-            [str(model), "--classifier", str(classifier), "--source", source, "--json", str(tmp_path / "x.json")]
+            [str(model), "--classifier", str(classifier), "--sources", source, "--json", str(tmp_path / "x.json")]
             + ["--composers", composers, *extra]
         )
     assert message in capsys.readouterr().err

@@ -46,8 +46,3 @@ def test_usage_lines_show_the_positional_arguments():
     assert (
         usage.startswith("usage: evaluate.py MODEL --classifier CLS") and "evaluate.py --table RESULTS.json" in usage
     )
-
-
-def test_benchmark_names_its_subcommands():
-    result = run_script("scripts/benchmark.py", "speed")
-    assert result.returncode != 0 and "usage: benchmark.py {data|models|pipeline}" in result.stderr

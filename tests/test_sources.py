@@ -70,7 +70,9 @@ def test_hub_ids_become_hf_urls():
 
 
 def test_bad_sources_say_what_is_valid(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not found: give a local folder, hf://datasets"):
+    with pytest.raises(
+        FileNotFoundError, match="no MIDI source .*: no such folder here; give a local folder, hf://datasets"
+    ):
         load_source(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="no MIDI files in"):
         load_source(str(tmp_path))

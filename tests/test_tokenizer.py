@@ -178,7 +178,7 @@ def test_round_trip_on_real_classical_files(tokenizer, shared_data):
 
 
 def test_mistyped_folder_is_not_sent_to_the_hub(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no tokenizer folder .*not a Hub repo id"):
+    with pytest.raises(FileNotFoundError, match="no tokenizer folder .*typo: give a tokenizer folder"):
         MusicTokenizer.from_pretrained(tmp_path / "typo")
 
 

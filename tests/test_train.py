@@ -216,7 +216,7 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkey
     [
         (["scripts/configs/transformer-tiny.yaml", "--family", "rnn"], "unknown model family 'rnn': choose one of"),
         (["scripts/configs/mamba-tiny.yaml", "--preset", "huge"], "unknown preset 'huge': choose one of tiny"),
-        (["--sources", "/nowhere/midi"], "MIDI source '/nowhere/midi' not found"),
+        (["--sources", "/nowhere/midi"], "no MIDI source '/nowhere/midi': no such folder here"),
         (["scripts/configs/nothing.yaml"], "preset scripts/configs/nothing.yaml not found"),
         (["--config_overrides", "[1, 2]"], "--config_overrides must be a mapping"),
         (["--push_to_hub"], "--push_to_hub needs --hub_model_id"),
@@ -254,7 +254,7 @@ def test_every_shipped_preset_parses_and_builds_its_model():
     presets = sorted((ROOT / "scripts" / "configs").glob("*.yaml"))
     assert len(presets) == 9
     for preset in presets:
-        parser = train_script.HfArgumentParser(train_script.ARGUMENT_CLASSES)
+        parser = train_script.CommandParser(train_script.ARGUMENT_CLASSES)
         model_args, _, train_args = parser.parse_yaml_file(str(preset))  # unknown keys fail here
         config = modeling.build_config(model_args.family, model_args.preset, tokenizer)
         assert preset.stem == f"{model_args.family}-{model_args.preset}" and config.vocab_size == len(tokenizer)

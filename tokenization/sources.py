@@ -29,6 +29,7 @@ import fsspec
 from datasets import Features, IterableDataset, Value, interleave_datasets
 
 from .composers import UNKNOWN, canonical_composer, composer_from_filename
+from .hub import hub_access, offline, unreachable
 from .tokenizer import MusicTokenizer
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,11 @@ LAYOUTS = ("classical", "lakh", "folder")
 SPLITS = {"train": 0.9, "validation": 0.05, "test": 0.05}
 MIDI_SUFFIXES = (".mid", ".midi")
 FEATURES = Features({"midi": Value("binary"), "composer": Value("string"), "path": Value("string")})
+
+HUB_DATASET_INSTEAD = (
+    "read it where the Hub can be reached, or give a local copy (a folder laid out as the Hub repo), "
+    "its token cache's folder, or `bundled` (the bundled sample)"
+)
 
 _VERSION = re.compile(r"\.\d+$")  # Lakh: "Title.2.mid" is another version of "Title.mid"
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
@@ -108,22 +114,27 @@ def list_midi_files(
     if split is not None and split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)} or None")
     url, layout = resolve(uri)
-    fs, root = fsspec.core.url_to_fs(url)
-    root = root.rstrip("/")
-    if not fs.isdir(root):
-        raise FileNotFoundError(
-            f"MIDI source {uri!r} not found: give a local folder, hf://datasets/<owner>/<name>, "
-            f"a Hub dataset id, or one of {', '.join(BUNDLED)}"
-        )
-    if fs.isdir(f"{root}/clean_midi"):  # the Lakh archive's top folder
-        root = f"{root}/clean_midi"
-    parent = root.rsplit("/", 1)[0]
-    if root.endswith("/data") and fs.exists(f"{parent}/metadata.csv"):  # the classical dataset's data/ folder
-        root = parent  # paths stay `data/...`: same labels and splits as the dataset's root
-    details = fs.find(root, detail=True)
-    found = sorted(p for p in details if p.lower().endswith(MIDI_SUFFIXES))
-    relative = [p[len(root) + 1 :] for p in found]
-    layout = layout or _detect_layout(fs, root, relative)
+    on_hub = url.startswith("hf://")
+    if on_hub and offline():  # the Hub's file system keeps no cache to read offline
+        raise unreachable("dataset", uri, HUB_DATASET_INSTEAD)
+    with hub_access("dataset", uri, HUB_DATASET_INSTEAD):
+        fs, root = fsspec.core.url_to_fs(url)
+        root = root.rstrip("/")
+        if not fs.isdir(root):
+            where = "no such dataset folder on the Hub" if on_hub else "no such folder here"
+            raise FileNotFoundError(
+                f"no MIDI source {uri!r}: {where}; give a local folder, hf://datasets/<owner>/<name>, "
+                f"a Hub dataset id, or one of {', '.join(BUNDLED)}"
+            )
+        if fs.isdir(f"{root}/clean_midi"):  # the Lakh archive's top folder
+            root = f"{root}/clean_midi"
+        parent = root.rsplit("/", 1)[0]
+        if root.endswith("/data") and fs.exists(f"{parent}/metadata.csv"):  # the classical dataset's data/ folder
+            root = parent  # paths stay `data/...`: same labels and splits as the dataset's root
+        details = fs.find(root, detail=True)
+        found = sorted(p for p in details if p.lower().endswith(MIDI_SUFFIXES))
+        relative = [p[len(root) + 1 :] for p in found]
+        layout = layout or _detect_layout(fs, root, relative)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     prefix = "" if protocol in ("file", "local") else f"{protocol}://"
     files = [
@@ -211,14 +222,17 @@ def interleave(
     return interleave_datasets(sources, probabilities, seed=seed, stopping_strategy=strategy)
 
 
-def tokenizer_for_sources(uris: list[str], bpe_vocab_size: int = 0, bpe_max_files: int = 2000) -> MusicTokenizer:
+def tokenizer_for_sources(
+    uris: list[str], bpe_vocab_size: int = 0, bpe_max_files: int = 2000, weights: list[float] | None = None
+) -> MusicTokenizer:
     """A new tokenizer with a condition token for every label in `uris` (all splits, so a
     composer seen only in validation still has one), the training files per composer, and, if
-    `bpe_vocab_size`, BPE learned on up to `bpe_max_files` training files."""
+    `bpe_vocab_size`, BPE learned on up to `bpe_max_files` training files, sampled from the
+    sources by `weights`."""
     files = [f for uri in uris for f in list_midi_files(uri)]
     tokenizer = MusicTokenizer(composers={f.composer for f in files})
     tokenizer.training_pieces = dict(Counter(f.composer for f in files if split_of(f.path) == "train"))
     if bpe_vocab_size:
-        rows = itertools.islice(mix_sources(uris, split="train"), bpe_max_files)
+        rows = itertools.islice(mix_sources(uris, split="train", weights=weights), bpe_max_files)
         tokenizer.train_bpe(bpe_vocab_size, (row["midi"] for row in rows))
     return tokenizer

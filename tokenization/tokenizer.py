@@ -29,6 +29,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .composers import ALIASES, HYPHENATED, UNKNOWN, canonical_composer
 from .grammar import CONDITION, MusicGrammar, token_type
+from .hub import hub_access, looks_local
 
 BASE_FILE = "tokenizer.json"
 CONDITIONS_FILE = "music_tokenizer.json"
@@ -38,6 +39,12 @@ COMPOSER_PREFIX = "Composer_"
 WORD_MARKER = "\u2581"
 
 MidiInput = Union[str, Path, bytes, "symusic.Score"]  # noqa: UP007 (symusic.Score is a factory, not a class)
+
+
+TOKENIZER_INSTEAD = (
+    "give a tokenizer folder (every model folder holds one, e.g. modeling/pretrained/gpt2-small-classical), "
+    "or build one with scripts/build_tokenizer.py"
+)
 
 
 class InvalidMidiError(ValueError):
@@ -269,17 +276,20 @@ class MusicTokenizer:
         """Load from a folder, or from a Hub repo id (through the Hugging Face cache)."""
         folder = Path(name_or_path)
         if not folder.is_dir():
+            if looks_local(str(name_or_path)):
+                raise FileNotFoundError(f"no tokenizer folder {name_or_path}: {TOKENIZER_INSTEAD}")
             try:
                 validate_repo_id(str(name_or_path))
             except HFValidationError:
                 raise FileNotFoundError(
-                    f"no tokenizer folder {name_or_path}, and it is not a Hub repo id (owner/name)"
+                    f"no tokenizer {name_or_path}: no such folder, nor a Hub repo id (owner/name); {TOKENIZER_INSTEAD}"
                 ) from None
-            folder = Path(
-                snapshot_download(
-                    str(name_or_path), revision=revision, allow_patterns=[BASE_FILE, CONDITIONS_FILE], **hub_kwargs
+            with hub_access("tokenizer", str(name_or_path), TOKENIZER_INSTEAD):
+                folder = Path(
+                    snapshot_download(
+                        str(name_or_path), revision=revision, allow_patterns=[BASE_FILE, CONDITIONS_FILE], **hub_kwargs
+                    )
                 )
-            )
         missing = [name for name in (BASE_FILE, CONDITIONS_FILE) if not (folder / name).is_file()]
         if missing:
             raise FileNotFoundError(
