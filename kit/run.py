@@ -70,7 +70,7 @@ MODES = {
         "train_share": 0.55,  # of the time left when the comparison starts; evaluation and bundling take the rest
         "batch_tokens": 32 * 1024,  # 32 blocks of 1024: the budget, sized from the benchmark, in whole batches
     },
-    "dry-run": {  # a rehearsal on a CPU: tiny models, the compare test's sizes
+    "dry-run": {  # a rehearsal on a CPU: the compare test's sizes, one tiny family (that test trains all three)
         "device": "cpu",
         "preset": "tiny",
         "tests": ["tests/test_models.py", "tests/test_slstm.py", "-k", "cuda or flashrnn or triton"],
@@ -79,7 +79,8 @@ MODES = {
             *("--contexts", "32", "--new_tokens", "4", "--slstm_backends", "native", "--block_lengths", "64"),
         ],
         "compare": [
-            *("--preset", "tiny", "--max_train_tokens", "16384", "--per_device_train_batch_size", "8"),
+            *("--families", "transformer", "--preset", "tiny", "--max_train_tokens", "16384"),
+            *("--per_device_train_batch_size", "8"),
             *("--warmup_steps", "2", "--eval_steps", "0", "--save_steps", "0", "--mixed_precision", "no"),
             *("--device", "cpu"),
             *("--classifier_preset", "tiny", "--classifier_steps", "4", "--classifier_batch_size", "4"),
