@@ -10,7 +10,7 @@ SOUNDFONT ?= /usr/share/sounds/sf2/FluidR3_GM.sf2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo app test lint format clean cuda-install cuda-check bundle gpu-kit
+.PHONY: install demo app test lint format clean cuda-install cuda-check bundle gpu-kit figures
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ HOST ?=
 PORT ?=
 app: install
 	$(BIN)/python scripts/app.py $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
+
+# The documentation's pictures (docs/sample.png, docs/app.png), drawn by the code as it is; the app's
+# screenshot needs Debian's Chromium (apt-get install chromium).
+figures: install
+	$(BIN)/python scripts/figures.py
 
 lint: install
 	$(BIN)/ruff check .

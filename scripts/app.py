@@ -113,6 +113,13 @@ def compose(model, composer, length, temperature, top_p, guidance_scale, seed, u
     yield piano_roll(piece["score"], f"{composer}: {status}"), str(audio) if audio else None, str(midi), status
 
 
+def model_choices(first: str) -> list[tuple[str, str]]:
+    """(what the page shows, what loads) for every model here, `first` first: a folder given by
+    its absolute path (a bundled model) shows by its name, so no machine's path is on the page."""
+    models = [first, *(m for m in available_models() if m != first)]
+    return [(Path(m).name if Path(m).is_absolute() else m, m) for m in models]
+
+
 def build(args: Arguments) -> gr.Blocks:
     first = args.model or str(default_model())
     with gr.Blocks(title="midi-lm") as app:
@@ -120,7 +127,7 @@ def build(args: Arguments) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=1):
                 model = gr.Dropdown(
-                    [first, *(m for m in available_models() if m != first)],
+                    model_choices(first),
                     value=first,
                     label="Model (a folder or a Hub repo id may be typed)",
                     allow_custom_value=True,
