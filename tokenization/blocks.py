@@ -57,7 +57,7 @@ def encode_midi(
     try:
         score = load_score(row["midi"])
         name = row["composer"]  # canonical: sources name composers once, as they list files
-        ids = tokenizer.encode(score, name if name in tokenizer.composers else UNKNOWN)
+        ids = tokenizer.encode(score, tokenizer.condition_name(name) or UNKNOWN)
     except InvalidMidiError as error:
         reason, detail = error.reason, str(error)
     except Exception as error:  # miditok can fail on odd but parseable files; never stop the stream

@@ -22,6 +22,7 @@ ALIASES: dict[str, str] = {
     "skriabin": "scriabin",
     "mussorgski": "mussorgsky",
     "rachmaninov": "rachmaninoff",
+    "vaughan": "vaughan-williams",  # the classical dataset's `vaughan-...` files: folk songs, Linden Lea
     "unknown_artist": UNKNOWN,
     "unknown": UNKNOWN,
 }
@@ -49,6 +50,8 @@ def canonical_composer(name: str | None) -> str:
     text = re.sub(r"[^a-z0-9-]+", "_", text.lower()).strip("_-")
     if not text:
         return UNKNOWN
+    if text.replace("_", "-") in HYPHENATED:  # "Vaughan Williams", "Saint Saens"
+        return text.replace("_", "-")
     return ALIASES.get(text, text)
 
 

@@ -185,10 +185,19 @@ class MusicTokenizer:
             base = (Path(folder) / BASE_FILE).read_bytes()
         return hashlib.sha256(base + json.dumps(self._conditions).encode()).hexdigest()[:16]
 
+    def condition_name(self, composer: str | None) -> str | None:
+        """The name of `composer`'s token here: its canonical name, or the spelling a tokenizer
+        made before an alias merged that spelling into the canonical name has a token for (its
+        models keep working); None when there is neither."""
+        name = canonical_composer(composer)
+        if name in self._conditions:
+            return name
+        return next((old for old, new in ALIASES.items() if new == name and old in self._conditions), None)
+
     def composer_token_id(self, composer: str | None) -> int:
         """Id of `Composer_<name>` (None gives `Composer_Unknown`); an unknown name is an error."""
-        name = canonical_composer(composer)
-        if name not in self._conditions:
+        name = self.condition_name(composer)
+        if name is None:
             known = ", ".join(self.composers) or "none"
             raise ValueError(
                 f"unknown composer {composer!r}: this tokenizer knows {known}; "
