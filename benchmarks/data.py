@@ -25,6 +25,9 @@ class Arguments:
     json: str = field(default="outputs/bench_data.json", metadata={"help": "Where to write the results."})
     tokenizer: str | None = field(default=None, metadata={"help": "A saved tokenizer; left out: REMI without BPE."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where token caches live (train.py's)."})
+    rebuild_token_cache: bool = field(
+        default=False, metadata={"help": "Build the sources' token caches again, though they look whole and current."}
+    )
     num_proc: int | None = field(default=None, metadata={"help": "Processes building the cache; left out: cores."})
     max_files: int = field(default=300, metadata={"help": "Files of each source in the sample (fixed by path hash)."})
     block_size: int = 1024
@@ -93,12 +96,12 @@ def with_rates(result: dict) -> dict:
 
 
 def run(args: Arguments) -> dict:
-    from tokenization import MusicTokenizer, TokenCache, load_source
+    from tokenization import MusicTokenizer, build_caches, load_source
     from tokenization.sources import interleave
 
     tokenizer = MusicTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else MusicTokenizer()
     start = time.perf_counter()
-    caches = [TokenCache.for_source(source, tokenizer, args.cache_dir, args.num_proc) for source in args.sources]
+    caches = build_caches(args.sources, tokenizer, args.cache_dir, args.num_proc, args.rebuild_token_cache)
     cache_result = {
         "seconds_to_build_or_open": time.perf_counter() - start,
         "folders": [str(cache.folder) for cache in caches],

@@ -6,9 +6,12 @@ process, and the optimizer's parameter groups. (Held-out likelihood lives in `ev
 A checkpoint is `accelerator.save_state` (model, optimizer, registered objects such as the
 scheduler, every rank's random state) plus one data-position file per rank (each rank
 reads its own share of the files, so accelerate's main-process-only custom state cannot
-hold it) and `trainer_state.json` (step, tokens, world size). It is written to a hidden
-`.checkpoint-N.tmp` folder and renamed to `checkpoint-N` only when every rank is done:
-a kill at any moment leaves the previous checkpoint whole.
+hold it) and `trainer_state.json` (step, tokens, world size, and the size of every file
+written before it). It is written to a hidden `.checkpoint-N.tmp` folder and renamed to
+`checkpoint-N` only when every rank is done: a kill at any moment leaves the previous
+checkpoint whole. A checkpoint whose files no longer have the recorded sizes (a copy cut short,
+a full disk) is never resumed from: `latest` takes the newest whole one and says which it
+skipped.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import re
@@ -34,6 +38,8 @@ from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, pa
 from huggingface_hub import HfApi
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
@@ -107,17 +113,50 @@ def remove_partial_checkpoints(output_dir: str | Path) -> None:
         shutil.rmtree(partial)
 
 
+def checkpoint_files(folder: Path) -> dict[str, int]:
+    """Every file of a checkpoint but its `trainer_state.json`, by path inside it: bytes."""
+    return {
+        str(p.relative_to(folder)): p.stat().st_size
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != TRAINER_STATE
+    }
+
+
+def checkpoint_damage(folder: Path) -> str | None:
+    """What is wrong with a checkpoint's files (None: they are as written; a checkpoint made
+    before sizes were recorded is taken as it is)."""
+    try:
+        recorded = read_trainer_state(folder).get("files", {})
+    except (OSError, ValueError):
+        return f"{TRAINER_STATE} cannot be read"
+    found = checkpoint_files(folder)
+    for name, size in recorded.items():
+        if found.get(name) != size:
+            now = f"{found[name]:,} bytes" if name in found else "missing"
+            return f"{name} is {now}, {size:,} were written"
+    return None
+
+
 def resolve_checkpoint(output_dir: str | Path, name: str) -> Path | None:
-    """`latest` -> the newest complete checkpoint in `output_dir` (None if there is none yet);
-    a path -> that checkpoint, which must be complete."""
+    """`latest` -> the newest whole checkpoint in `output_dir`, damaged newer ones skipped with a
+    line each (None if there is none yet); a path -> that checkpoint, which must be whole."""
     if name == "latest":
         found = list_checkpoints(output_dir)
-        return found[-1] if found else None
+        for checkpoint in reversed(found):
+            damage = checkpoint_damage(checkpoint)
+            if damage is None:
+                return checkpoint
+            logger.warning("skipped %s: %s", checkpoint, damage)
+        if found:
+            raise ValueError(f"every checkpoint in {output_dir} is damaged: move them away to start again")
+        return None
     path = Path(name)
     if not (path / TRAINER_STATE).is_file():
         raise FileNotFoundError(
             f"{name!r} is not a complete checkpoint (no {TRAINER_STATE}): give a checkpoint-N folder or 'latest'"
         )
+    if damage := checkpoint_damage(path):
+        raise ValueError(f"the checkpoint {name} is damaged: {damage}; give another, or 'latest'")
     return path
 
 
@@ -148,7 +187,8 @@ def save_checkpoint(
         state = {**state, "step": step, "world_size": accelerator.num_processes}
         if save_extra is not None:
             save_extra(partial)
-        (partial / TRAINER_STATE).write_text(json.dumps(state, indent=2))
+        state["files"] = checkpoint_files(partial)
+        (partial / TRAINER_STATE).write_text(json.dumps(state, indent=2))  # last: the checkpoint is whole
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
         if keep:
@@ -191,6 +231,7 @@ def load_checkpoint(accelerator: Accelerator, path: str | Path) -> tuple[dict, d
     """Restore what `save_checkpoint` wrote; return (shared state, this rank's state)."""
     path = Path(path)
     state = read_trainer_state(path)
+    state.pop("files", None)  # what this checkpoint holds, not the run's state
     if state["world_size"] != accelerator.num_processes:
         raise ValueError(
             f"{path} was written by {state['world_size']} processes and this run has {accelerator.num_processes}: "

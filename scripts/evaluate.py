@@ -40,7 +40,7 @@ from evaluation.evaluated import load_evaluated, sample_and_judge
 from evaluation.metrics import set_histograms, topk_accuracy
 from evaluation.report import comparison_table, plot_histograms, report
 from modeling.training import training_speed
-from tokenization import open_pieces, pieces_of
+from tokenization import build_caches, open_pieces, pieces_of
 from tokenization.composers import canonical_composer
 from tokenization.hub import looks_local
 from tokenization.sources import sample_paths
@@ -70,6 +70,9 @@ class Arguments:
         default=True, metadata={"help": "Read the test split from the token caches (--no_token_cache: MIDI)."}
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Where token caches live (train.py's)."})
+    rebuild_token_cache: bool = field(
+        default=False, metadata={"help": "Build the sources' token caches again, though they look whole and current."}
+    )
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ...; left out: cuda if available."})
     table: list[str] | None = field(default=None, metadata={"help": "Print a comparison table of these JSONs."})
     likelihood_only: bool = field(
@@ -138,6 +141,10 @@ def main(argv: list[str] | None = None) -> dict | None:
                     f"composer(s) {', '.join(unknown)} unknown to the model or the classifier "
                     f"({', '.join(judge.labels)})"
                 )
+        if args.token_cache and args.rebuild_token_cache:
+            tokenizers = [evaluated.tokenizer, *([] if args.likelihood_only else [judge.tokenizer])]
+            for tokenizer in {t.fingerprint(): t for t in tokenizers}.values():  # one rebuild per cache
+                build_caches(args.sources, tokenizer, args.cache_dir, rebuild=True)
         source = open_pieces(
             args.sources, "test", evaluated.tokenizer, cached=args.token_cache, cache_dir=args.cache_dir, repeat=False
         )

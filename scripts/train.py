@@ -70,7 +70,7 @@ from tokenization import (
     BlockCollator,
     MusicTokenizer,
     TokenBlockStream,
-    TokenCache,
+    build_caches,
     composer_counts,
     evaluation_blocks,
     open_pieces,
@@ -139,6 +139,9 @@ class DataArguments:
     )
     cache_dir: str | None = field(
         default=None, metadata={"help": "Where token caches live; left out: $MIDI_LM_CACHE or the HF home."}
+    )
+    rebuild_token_cache: bool = field(
+        default=False, metadata={"help": "Build the sources' token caches again, though they look whole and current."}
     )
     num_proc: int | None = field(default=None, metadata={"help": "Processes building a token cache; left out: cores."})
     num_workers: int = field(default=1, metadata={"help": "DataLoader worker processes per training process."})
@@ -529,9 +532,9 @@ def count_training_pieces(accelerator: Accelerator, tokenizer: MusicTokenizer, d
     which composers it learned from much data."""
     cache_options = {"cached": data_args.token_cache, "cache_dir": data_args.cache_dir, "num_proc": data_args.num_proc}
     if data_args.token_cache:
-        with accelerator.main_process_first():
-            for source in data_args.sources:
-                TokenCache.for_source(source, tokenizer, data_args.cache_dir, data_args.num_proc)
+        with accelerator.main_process_first():  # the others find them built, so only the main one rebuilds
+            rebuild = data_args.rebuild_token_cache and accelerator.is_main_process
+            build_caches(data_args.sources, tokenizer, data_args.cache_dir, data_args.num_proc, rebuild)
     tokenizer.training_pieces = dict(composer_counts(data_args.sources, "train", tokenizer, **cache_options))
 
 

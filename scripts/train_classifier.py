@@ -48,7 +48,15 @@ from modeling.training import (
     save_checkpoint,
     weight_decay_groups,
 )
-from tokenization import BlockCollator, MusicTokenizer, composer_counts, open_pieces, skip_summary, tokenizer_for
+from tokenization import (
+    BlockCollator,
+    MusicTokenizer,
+    build_caches,
+    composer_counts,
+    open_pieces,
+    skip_summary,
+    tokenizer_for,
+)
 from tokenization.composers import canonical_composer
 
 logger = get_logger(__name__)
@@ -64,6 +72,9 @@ class Arguments:
         default=True, metadata={"help": "Read pieces from the sources' token caches (--no_token_cache: MIDI)."}
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Where token caches live (train.py's)."})
+    rebuild_token_cache: bool = field(
+        default=False, metadata={"help": "Build the sources' token caches again, though they look whole and current."}
+    )
     init_from: str | None = field(
         default=None, metadata={"help": "A trained GPT-2 model folder or repo id to put the head on."}
     )
@@ -182,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
             )
         with accelerator.main_process_first():  # the main process builds a missing token cache
             tokenizer = load_tokenizer(args)
+            if args.token_cache and args.rebuild_token_cache and accelerator.is_main_process:
+                build_caches(args.sources, tokenizer, args.cache_dir, rebuild=True)
             names = class_names(args, tokenizer)
         model = load_backbone(args, names, tokenizer)
     if accelerator.is_main_process:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from command_line import CommandParser
 from modeling.ngram import NGramModel
-from tokenization import open_pieces, pieces_of, skip_summary, tokenizer_for
+from tokenization import build_caches, open_pieces, pieces_of, skip_summary, tokenizer_for
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,9 @@ class Arguments:
         default=True, metadata={"help": "Read pieces from the sources' token caches (--no_token_cache: MIDI)."}
     )
     cache_dir: str | None = field(default=None, metadata={"help": "Where token caches live (train.py's)."})
+    rebuild_token_cache: bool = field(
+        default=False, metadata={"help": "Build the sources' token caches again, though they look whole and current."}
+    )
     order: int = field(default=4, metadata={"help": "n: the model sees the last n-1 tokens."})
     max_train_tokens: int | None = field(default=None, metadata={"help": "Stop reading after this many tokens."})
     output_dir: str = field(default="outputs/ngram")
@@ -53,6 +56,8 @@ def main(argv: list[str] | None = None) -> NGramModel:
         parser.error(f"--order must be at least 1, got {args.order}")
     with parser.failures():
         tokenizer = tokenizer_for(args.tokenizer, args.sources)
+        if args.token_cache and args.rebuild_token_cache:
+            build_caches(args.sources, tokenizer, args.cache_dir, rebuild=True)
         rows = open_pieces(
             args.sources, "train", tokenizer, cached=args.token_cache, cache_dir=args.cache_dir, repeat=False
         )

@@ -9,6 +9,7 @@ import pytest
 import symusic
 from filelock import FileLock
 
+from conftest import load_script
 from tokenization import (
     TokenBlockStream,
     TokenCache,
@@ -19,7 +20,7 @@ from tokenization import (
     split_of,
     tokenizer_for,
 )
-from tokenization.cache import source_key
+from tokenization.cache import DamagedTokenCache, source_key
 
 BROKEN = "data/german-overture_to_princess_of_kensington.mid"  # the bundled corpus's one unreadable file
 
@@ -135,3 +136,59 @@ def test_twins_never_straddle_splits(tokenizer, tmp_path):
     assert twins["held_out_with_twin_in_train"] == {"validation": 1, "test": 1}
     assert twins["exact_duplicates"] == 1 and twins["pieces_with_a_twin"] == 5
     assert sorted(twins["groups"]) == sorted([sorted(paths[:3]), sorted(paths[3:5])])
+
+
+@pytest.fixture(scope="module")
+def lakh_cache(tokenizer, tmp_path_factory) -> TokenCache:
+    """A small cache of its own (the bundled Lakh files), to damage."""
+    return TokenCache.for_source("bundled:lakh", tokenizer, tmp_path_factory.mktemp("lakh-cache"), num_proc=1)
+
+
+def cut(path, keep: float = 0.5) -> None:
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
+
+
+@pytest.mark.parametrize("name", ["data-00000-of-00001.arrow", "state.json", "dataset_info.json", "tokenizer.json",
+                                  "music_tokenizer.json", "token_cache.json"])  # fmt: skip
+def test_every_file_of_a_cache_cut_short_is_found(lakh_cache, tmp_path, name):
+    copy = shutil.copytree(lakh_cache.folder, tmp_path / "copy")
+    assert {*lakh_cache.info["files"], "token_cache.json"} == {p.name for p in copy.iterdir()}
+    cut(copy / name)
+    with pytest.raises(DamagedTokenCache, match=f"^the token cache {copy} is damaged: {name}"):
+        TokenCache(copy)
+
+
+def test_a_damaged_cache_is_built_again_where_its_source_is(lakh_cache, tokenizer, caplog):
+    cut(lakh_cache.folder / "data-00000-of-00001.arrow")
+    again = TokenCache.for_source("bundled:lakh", tokenizer, lakh_cache.folder.parents[1])
+    assert "is damaged: data-00000-of-00001.arrow is" in caplog.text and "building it again" in caplog.text
+    assert again.folder == lakh_cache.folder and len(list(again.pieces())) == lakh_cache.info["pieces"]
+
+
+def test_a_damaged_cache_given_as_a_source_stops_a_command_in_one_line(lakh_cache, tmp_path, capsys):
+    copy = shutil.copytree(lakh_cache.folder, tmp_path / "copy")
+    cut(copy / "data-00000-of-00001.arrow")
+    with pytest.raises(SystemExit) as stopped:
+        load_script("train_ngram").main(["--sources", str(copy), "--output_dir", str(tmp_path / "ngram")])
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and f": error: the token cache {copy} is damaged: data-00000-of-00001.arrow" in line
+
+
+def test_a_build_killed_midway_leaves_nothing_read_as_complete(tokenizer, tmp_path, monkeypatch):
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as a kill while the tokenizer is written beside the pieces
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(type(tokenizer), "save_pretrained", killed)
+        TokenCache.for_source("bundled:lakh", tokenizer, tmp_path)
+    assert not list(tmp_path.glob("*/*/token_cache.json"))  # only the temporary folder
+    built = TokenCache.for_source("bundled:lakh", tokenizer, tmp_path)
+    assert built.info["pieces"] > 0 and not list(tmp_path.glob("*/*.tmp"))
+
+
+def test_rebuild_builds_a_whole_and_current_cache_again(lakh_cache, tokenizer, monkeypatch):
+    built = []
+    monkeypatch.setattr(TokenCache, "build", classmethod(lambda cls, *args: built.append(args) or lakh_cache))
+    TokenCache.for_source("bundled:lakh", tokenizer, lakh_cache.folder.parents[1])
+    TokenCache.for_source("bundled:lakh", tokenizer, lakh_cache.folder.parents[1], rebuild=True)
+    assert len(built) == 1

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +33,13 @@ from modeling.training import (
 )
 from tokenization import BlockCollator, MusicTokenizer, TokenBlockStream, TokenCache
 
+TWO_PROCESSES = (
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--config_file",
+    "accelerate_configs/cpu_2proc.yaml",
+)
 DIGESTS = re.compile(r"rank (\d): .*; data digest (\w+); parameter digest (\w+)")
 
 
@@ -51,19 +59,12 @@ def rank_blocks_digest(tokenizer: MusicTokenizer, rank: int, batches: int, batch
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory) -> tuple[Path, str]:
     output_dir = tmp_path_factory.mktemp("two_processes")
-    launcher = (
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        "accelerate_configs/cpu_2proc.yaml",
-    )
     result = train(
         "scripts/configs/transformer-tiny.yaml",
         *("--output_dir", str(output_dir), "--max_steps", "16", "--eval_steps", "8", "--save_steps", "8"),
         *("--shuffle_buffer", "0", "--condition_dropout", "0", "--learning_rate", "3e-3", "--warmup_steps", "2"),
         *("--identification_min_files", "4", "--identification_tokens", "64"),
-        launcher=launcher,
+        launcher=TWO_PROCESSES,
     )
     return output_dir, result.stderr
 
@@ -209,6 +210,41 @@ def test_kill_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkey
     save_checkpoint(accelerator, tmp_path, 2, {"tokens": 20}, {"data": {"position": 2}}, keep=1)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2"]
     assert not (tmp_path / ".checkpoint-2.tmp").exists()
+
+
+def test_a_damaged_checkpoint_is_never_resumed_from(two_process_run, tmp_path, caplog):
+    """Each kind of file of the newest checkpoint cut in half (as a full disk or a broken copy
+    leaves it): `latest` skips it, says so, and takes the one before."""
+    output_dir, _ = two_process_run
+    newest = output_dir / "checkpoint-16"
+    files = sorted(str(p.relative_to(newest)) for p in newest.rglob("*") if p.is_file())
+    assert {"model.safetensors", "optimizer.bin", "rank_state_1.pt", "trainer_state.json"} <= set(files)
+    for name in files:
+        copy = tmp_path / name.replace("/", "_")
+        for checkpoint in ("checkpoint-8", "checkpoint-16"):
+            shutil.copytree(output_dir / checkpoint, copy / checkpoint)
+        damaged = copy / "checkpoint-16" / name
+        damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+        assert resolve_checkpoint(copy, "latest") == copy / "checkpoint-8", name
+        assert f"skipped {copy / 'checkpoint-16'}: " in caplog.text
+        with pytest.raises(ValueError, match="is damaged"):
+            resolve_checkpoint(copy, str(copy / "checkpoint-16"))
+
+
+def test_resume_goes_on_from_the_newest_whole_checkpoint(two_process_run, tmp_path):
+    output_dir, _ = two_process_run
+    copy = shutil.copytree(output_dir, tmp_path / "run")
+    (copy / "checkpoint-16" / "model.safetensors").write_bytes(b"cut")
+    result = train(
+        "scripts/configs/transformer-tiny.yaml",
+        *("--output_dir", str(copy), "--max_steps", "16", "--eval_steps", "0", "--save_steps", "8"),
+        *("--shuffle_buffer", "0", "--condition_dropout", "0", "--learning_rate", "3e-3", "--warmup_steps", "2"),
+        *("--resume_from_checkpoint", "latest", "--identification_min_files", "4", "--identification_tokens", "64"),
+        launcher=TWO_PROCESSES,
+    )
+    assert f"skipped {copy / 'checkpoint-16'}: model.safetensors is 3 bytes" in result.stderr
+    assert f"resumed from {copy / 'checkpoint-8'} at step 8" in result.stderr
+    assert train_losses(copy) == pytest.approx(train_losses(output_dir), rel=1e-5)  # steps 9-16 again, the same
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,14 @@ as uint16 when the vocabulary allows (32M tokens: 64 MB).
 A cache lives in `<cache_dir>/<source>-<digest of its location>/<tokenizer fingerprint>/`,
 so another tokenizer never reads stale ids, and it records the source's listing (paths,
 sizes, labels): when that changes, the cache is built again. The folder also holds the
-tokenizer and `token_cache.json` (what was built from what, skipped files, twins), so it can
-stand in for its source, e.g. on a machine without the MIDI files: pass the folder where a
-source is expected. It is then refused for any other tokenizer.
+tokenizer and `token_cache.json` (what was built from what, skipped files, twins, and the size
+of every file it wrote), so it can stand in for its source, e.g. on a machine without the MIDI
+files: pass the folder where a source is expected. It is then refused for any other tokenizer.
+
+A cache is built in a temporary folder, `token_cache.json` written last, and moved in place
+whole: a build killed at any point leaves nothing that is read as complete. A cache whose
+files no longer have the sizes it recorded (a copy cut short, a full disk) is reported in one
+line with its path, and built again where its source is at hand (`rebuild=True` forces that).
 
 Splits come from the path hash, as for MIDI read on the fly, except that twins (the same
 music in several files, see `duplicates.py`) are kept in one split: the cache is where every
@@ -54,7 +59,7 @@ from .tokenizer import MusicTokenizer
 logger = logging.getLogger(__name__)
 
 INFO_FILE = "token_cache.json"
-FORMAT = 1  # bump when the stored columns change: older caches are then built again
+FORMAT = 2  # bump when what a cache stores changes: older caches are then built again (2: file sizes)
 COLUMNS = ("ids", "composer", "path", "notes")
 
 
@@ -65,6 +70,33 @@ def default_cache_dir() -> Path:
 
 def is_token_cache(uri: str) -> bool:
     return (Path(uri) / INFO_FILE).is_file()
+
+
+class DamagedTokenCache(OSError):
+    """A token cache whose files are not what its build wrote."""
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    """What a cache folder holds besides its `token_cache.json`: file name -> bytes."""
+    return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file() and p.name != INFO_FILE}
+
+
+def read_info(folder: Path) -> dict:
+    """A cache's `token_cache.json`, its files checked against the sizes it recorded (a cache
+    made before sizes were recorded is taken as it is)."""
+    try:
+        info = json.loads((folder / INFO_FILE).read_text())
+    except (OSError, ValueError) as error:
+        raise DamagedTokenCache(f"the token cache {folder} is damaged: {INFO_FILE} cannot be read ({error})") from None
+    found = file_sizes(folder)
+    for name, size in info.get("files", {}).items():
+        if found.get(name) != size:
+            now = f"{found[name]:,} bytes" if name in found else "missing"
+            raise DamagedTokenCache(
+                f"the token cache {folder} is damaged: {name} is {now}, its build wrote {size:,} bytes; build it "
+                f"again from {info.get('source', 'its source')} (or copy the folder again)"
+            )
+    return info
 
 
 def listing_digest(files: list[MidiFile]) -> str:
@@ -85,7 +117,7 @@ class TokenCache:
 
     def __init__(self, folder: str | Path, tokenizer: MusicTokenizer | None = None) -> None:
         self.folder = Path(folder)
-        self.info = json.loads((self.folder / INFO_FILE).read_text())
+        self.info = read_info(self.folder)
         if tokenizer is not None and (fingerprint := tokenizer.fingerprint()) != self.info["tokenizer"]:
             raise ValueError(
                 f"the token cache {self.folder} was built with another tokenizer (fingerprint "
@@ -97,24 +129,38 @@ class TokenCache:
 
     @classmethod
     def for_source(
-        cls, uri: str, tokenizer: MusicTokenizer, cache_dir: str | Path | None = None, num_proc: int | None = None
+        cls,
+        uri: str,
+        tokenizer: MusicTokenizer,
+        cache_dir: str | Path | None = None,
+        num_proc: int | None = None,
+        rebuild: bool = False,
     ) -> TokenCache:
-        """The cache of `uri` for `tokenizer`, built first if it is missing or the source changed.
+        """The cache of `uri` for `tokenizer`, built first if it is missing, damaged or the source
+        changed (or `rebuild`).
 
-        `uri` may also be a cache folder itself (then it must match `tokenizer`). A file lock
-        beside the folder lets one job build while others (seeds started together, an
-        evaluation beside a training) wait and then read what it built.
+        `uri` may also be a cache folder itself (then it must match `tokenizer`, and a damaged one
+        is an error: there is no source to build it from). A file lock beside the folder lets one
+        job build while others (seeds started together, an evaluation beside a training) wait and
+        then read what it built.
         """
         if is_token_cache(uri):
             return cls(uri, tokenizer)
         folder = Path(cache_dir or default_cache_dir()) / source_key(uri) / tokenizer.fingerprint()
         folder.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(folder.with_name(folder.name + ".lock")):
-            if (folder / INFO_FILE).is_file():
-                cache = cls(folder)
-                if cache.info["listing"] == listing_digest(list_midi_files(uri)) and cache.info["format"] == FORMAT:
-                    return cache
-                logger.info("%s changed since its token cache was built: building it again", uri)
+            if (folder / INFO_FILE).is_file() and not rebuild:
+                try:
+                    cache = cls(folder)
+                except DamagedTokenCache as error:
+                    logger.warning("%s: building it again from %s", error, uri)
+                else:
+                    if (
+                        cache.info["listing"] == listing_digest(list_midi_files(uri))
+                        and cache.info["format"] == FORMAT
+                    ):
+                        return cache
+                    logger.info("%s changed since its token cache was built: building it again", uri)
             return cls.build(uri, tokenizer, folder, num_proc)
 
     @classmethod
@@ -173,7 +219,8 @@ class TokenCache:
             "splits": dict(Counter(splits)),
             "twins": twins,
         }
-        (partial / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        info["files"] = file_sizes(partial)
+        (partial / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")  # last: the build is whole
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(partial, folder)
         logger.info(
@@ -304,10 +351,22 @@ def open_pieces(
     return interleave(sources, weights, seed=seed, repeat=repeat)
 
 
+def build_caches(
+    uris: list[str],
+    tokenizer: MusicTokenizer,
+    cache_dir: str | Path | None = None,
+    num_proc: int | None = None,
+    rebuild: bool = False,
+) -> list[TokenCache]:
+    """The token caches of `uris`, built now where missing, damaged or stale (all of them with
+    `rebuild`: a command's `--rebuild_token_cache`), so that the readers after find them ready."""
+    return [TokenCache.for_source(uri, tokenizer, cache_dir, num_proc, rebuild) for uri in uris]
+
+
 def split_names(uri: str) -> set[str]:
     """The splits that hold files of `uri` (a MIDI source by path hash, a cache as it was built)."""
     if is_token_cache(uri):
-        return set(json.loads((Path(uri) / INFO_FILE).read_text())["splits"])
+        return set(read_info(Path(uri))["splits"])
     return {split_of(f.path) for f in list_midi_files(uri)}
 
 
