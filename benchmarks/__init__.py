@@ -3,6 +3,7 @@
 - `data`: the token stream from MIDI and from the token cache, beside miditok's `DatasetMIDI`.
 - `models`: training and generation speed and cache memory of each family, beside transformers' own.
 - `pipeline`: `pipeline("midi-generation")` against the bare model loop, and real time.
+- `app`: the web app under load (several users composing at once) and given bad uploads.
 
 Each module holds its `Arguments` (a dataclass for `HfArgumentParser`) and `run(args) -> dict`,
 and imports only what it measures, so `models` runs where the data libraries are not installed
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-BENCHMARKS = ("data", "models", "pipeline")
+BENCHMARKS = ("data", "models", "pipeline", "app")
 
 
 def synchronize(device: torch.device) -> None:

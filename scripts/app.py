@@ -20,16 +20,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
+import symusic
 from transformers import pipeline
 
 import modeling
+from allocator import limit_arenas
 from command_line import CommandParser
 from evaluation.rendering import find_soundfont, piano_roll, write_wav
 from modeling.catalog import available_models, default_model, resolve_model
+from modeling.pipeline_midi_generation import read_prompt
 
 # symusic's synthesizer renders every track over the whole piece: an untrained model's 107
 # tracks of 255 s did not render in 100 s here. Past this many track-seconds, no audio.
 MAX_TRACK_SECONDS = 7200
+# What one request may ask for (docs/app.md: the load test and the bad uploads behind them).
+MAX_LENGTH = 2048  # tokens of a piece
+MAX_UPLOAD = "5mb"  # a MIDI file to continue: more than any piece of the classical set or Lakh
+MAX_PROMPT_NOTES = 10_000  # its notes: a long piano piece has a few thousand
 
 
 @dataclass
@@ -48,6 +55,10 @@ class Arguments:
         default=None, metadata={"help": "General MIDI soundfont for the audio; left out: as generate.py finds one."}
     )
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ...; left out: cuda if available."})
+    concurrency: int = field(default=1, metadata={"help": "Pieces composed at once; other requests queue."})
+    max_queue: int = field(
+        default=16, metadata={"help": "Requests that may wait; past that a user is told the queue is full."}
+    )
 
 
 @functools.lru_cache(maxsize=4)
@@ -75,10 +86,24 @@ def one_sentence(error: Exception) -> gr.Error:
     return gr.Error(str(error).splitlines()[0] if str(error) else type(error).__name__, print_exception=False)
 
 
+def checked_prompt(upload: str | None) -> symusic.Score | None:
+    """The uploaded MIDI file read (a broken one is a sentence) and small enough to continue,
+    before any sampling. (Gradio holds the other inputs to their sliders' ranges.)"""
+    if upload is None:
+        return None
+    prompt = read_prompt(upload)
+    if prompt.note_num() > MAX_PROMPT_NOTES:
+        raise ValueError(
+            f"the MIDI file to continue has {prompt.note_num():,} notes; the app takes {MAX_PROMPT_NOTES:,}"
+        )
+    return prompt
+
+
 def compose(model, composer, length, temperature, top_p, guidance_scale, seed, upload, *, device, soundfont):
     """Yield (piano roll, audio, MIDI file, status) while the model writes, then the finished piece."""
     try:
         generator = load(resolve_model(model)[0], device)
+        prompt = checked_prompt(upload)
     except (ValueError, OSError) as error:
         raise one_sentence(error) from None
     streamer = modeling.NoteStreamer(generator, interval=0.5)
@@ -88,7 +113,7 @@ def compose(model, composer, length, temperature, top_p, guidance_scale, seed, u
         "top_p": top_p,
         "guidance_scale": guidance_scale,
         "seed": int(seed),
-        "prompt": upload,
+        "prompt": prompt,
     }
     with ThreadPoolExecutor(1) as pool:
         call = pool.submit(generator, composer, streamer=streamer, **settings)
@@ -134,7 +159,7 @@ def build(args: Arguments) -> gr.Blocks:
                 )
                 names = composers(first, args.device)
                 composer = gr.Dropdown(names, value=names[0], label="Composer (most training pieces first)")
-                length = gr.Slider(64, 2048, value=512, step=64, label="Length (tokens)")
+                length = gr.Slider(64, MAX_LENGTH, value=512, step=64, label="Length (tokens)")
                 temperature = gr.Slider(0.5, 1.5, value=1.0, step=0.05, label="Temperature")
                 top_p = gr.Slider(0.5, 1.0, value=0.95, step=0.01, label="Top-p")
                 guidance = gr.Slider(1.0, 4.0, value=1.0, step=0.5, label="Guidance scale (follows the composer)")
@@ -153,15 +178,22 @@ def build(args: Arguments) -> gr.Blocks:
     return app
 
 
+def launch(app: gr.Blocks, args: Arguments, **options) -> None:
+    """Serve `app` with the queue and the upload limit of `args` and this file. Address and port
+    left out (None) go to Gradio, which reads GRADIO_SERVER_NAME and GRADIO_SERVER_PORT."""
+    app.queue(default_concurrency_limit=args.concurrency, max_size=args.max_queue)
+    app.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD, **options)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = CommandParser(Arguments)
     (args,) = parser.parse(argv)
+    limit_arenas(2)  # each request runs in a new thread: memory stays flat under load
     with parser.failures():  # the first model and a soundfont asked for, before the server starts
         if args.soundfont:
             find_soundfont(args.soundfont)
         app = build(args)
-    # None leaves the address and port to Gradio, which reads GRADIO_SERVER_NAME and GRADIO_SERVER_PORT
-    app.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port)
+    launch(app, args)
 
 
 if __name__ == "__main__":

@@ -14,22 +14,18 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import pipeline
 
 import modeling
+from benchmarks.app import free_port, serve
 from command_line import CommandParser
 from evaluation.rendering import piano_roll
 from modeling.catalog import default_model
 
-ROOT = Path(__file__).resolve().parents[1]
 TOP_P = 0.95  # the app's default: both pictures show the same piece
 
 
@@ -48,26 +44,6 @@ def draw_sample(args: Arguments, path: Path) -> None:
     [piece] = generator(composer=args.composer, max_new_tokens=args.length, seed=args.seed, top_p=TOP_P)
     title = f"{default_model().name}: {args.composer}, {args.length} tokens, {piece['seconds']:.0f} s of music"
     piano_roll(piece["score"], title).savefig(path, dpi=100)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def serve(port: int) -> subprocess.Popen:
-    """The app command on `port`, once it answers."""
-    server = subprocess.Popen([sys.executable, "scripts/app.py", "--port", str(port)], cwd=ROOT)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2):
-                return server
-        except OSError:
-            time.sleep(0.5)
-    server.terminate()
-    raise OSError(f"the app did not answer on port {port}")
 
 
 def screenshot_app(args: Arguments, chromium: str, path: Path) -> None:

@@ -15,6 +15,7 @@ import symusic
 import torch
 from gradio_client import Client, handle_file
 
+from benchmarks.app import bad_uploads
 from conftest import ROOT, load_script
 from modeling import build_config
 
@@ -34,8 +35,10 @@ def app_url(tokenizer, soundfont, tmp_path_factory):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    app = script.build(script.Arguments(model=str(folder), port=port, soundfont=str(soundfont)))
-    app.queue(default_concurrency_limit=1).launch(server_port=port, prevent_thread_lock=True, quiet=True)
+    # a queue of one waiting request, so that a test can fill it (the tests' own calls come one by one)
+    arguments = script.Arguments(model=str(folder), port=port, soundfont=str(soundfont), max_queue=1)
+    app = script.build(arguments)
+    script.launch(app, arguments, prevent_thread_lock=True, quiet=True)  # the command's queue and limits
     yield f"http://127.0.0.1:{port}/", folder
     app.close()
 
@@ -63,6 +66,37 @@ def test_an_unreadable_upload_is_one_sentence(app_url, not_midi):
     client = Client(url, verbose=False)
     with pytest.raises(Exception, match="the prompt is not a readable MIDI file"):
         client.predict(str(folder), "bach", 64, 1.0, 0.95, 1.0, 0, handle_file(str(not_midi)), api_name="/compose")
+
+
+def test_every_bad_upload_is_one_sentence_and_the_app_keeps_serving(app_url, tmp_path):
+    """Broken, cut, empty, foreign and huge files, and too many notes (the load benchmark's set)."""
+    url, folder = app_url
+    client = Client(url, verbose=False)
+    for name, path in bad_uploads(tmp_path).items():
+        with pytest.raises(Exception) as failed:
+            client.predict(str(folder), "bach", 64, 1.0, 0.95, 1.0, 0, handle_file(str(path)), api_name="/compose")
+        message = str(failed.value)
+        assert "\n" not in message.strip() and "Traceback" not in message, (name, message)
+        assert re.search(r"not a readable MIDI file|notes; the app takes 10,000|exceeds|too large", message), message
+    with pytest.raises(Exception, match="Value 100000 is greater than maximum value 2048"):
+        client.predict(str(folder), "bach", 100_000, 1.0, 0.95, 1.0, 0, None, api_name="/compose")
+    *_, midi, status = client.predict(str(folder), "bach", 64, 1.0, 0.95, 1.0, 0, None, api_name="/compose")
+    assert symusic.Score(midi).note_num() > 0 and status.endswith("seconds of music")  # still serving
+
+
+def test_a_full_queue_tells_the_user_to_try_again(app_url):
+    """One piece composing, one waiting (the queue's size here): a third user is turned away."""
+    url, folder = app_url
+    clients = [Client(url, verbose=False) for _ in range(3)]
+    settings = (str(folder), "bach", 2048, 1.0, 0.95, 1.0, 0, None)
+    jobs = [client.submit(*settings, api_name="/compose") for client in clients]
+    served, refused = [], []
+    for job in jobs:  # which of the three came last is up to the threads that send them
+        try:
+            served.append(symusic.Score(job.result(timeout=300)[2]).note_num())
+        except Exception as failure:
+            refused.append(str(failure))
+    assert refused == ["Queue is full! Please try again."] and len(served) == 2 and min(served) > 0
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")

@@ -63,3 +63,19 @@ def test_the_pipeline_benchmark_counts_window_prefills_and_times_real_time(tmp_p
     [bundled] = report["realtime"]
     assert bundled["model"] == "gpt2-small-classical" and 0 < bundled["first_note_s"] < bundled["seconds"]
     assert bundled["realtime_factor"] == bundled["music_seconds"] / bundled["seconds"] > 0
+
+
+def test_the_app_benchmark_serves_every_user_and_answers_every_bad_upload(tmp_path):
+    """Three users for 10 s, 64 tokens each from the bundled model, then the bad uploads (the
+    command starts in about 10 s: 26 s in all)."""
+    from benchmarks import app
+
+    args = app.Arguments(json=str(tmp_path / "app.json"), users=3, seconds=10, length=64, warmup=5)
+    report = app.run(args)
+    summary = report["summary"]
+    assert summary["failed"] == 0 and min(summary["pieces_per_user"]) >= 1 and summary["latency_p95_s"] > 0
+    assert summary["server_mib_peak"] >= summary["server_mib_after_warmup"] > 0
+    answers = {name: result["answer"] for name, result in report["bad_uploads"].items()}
+    assert answers["truncated"].startswith("the prompt is not a readable MIDI file")
+    assert answers["twenty_thousand_notes"] == "the MIDI file to continue has 20,000 notes; the app takes 10,000"
+    assert "exceeds the maximum file size" in answers["fifty_megabytes"] and "composed" not in answers.values()

@@ -22,15 +22,19 @@ BUNDLED_MODEL = "modeling/pretrained/gpt2-small-classical"
 HUB_DATASET = "dataset drengskapur/midi-classical-music is not on this machine and the Hub cannot be reached "
 OFFLINE = "(HF_HUB_OFFLINE is set)"
 
-# (command and arguments, words the error line holds); TOKENIZER_ONLY is a folder with a tokenizer and no model
+# (command and arguments, words the error line holds); TOKENIZER_ONLY is a folder with a tokenizer and no
+# model, FRESH a folder that does not exist yet (so that no earlier run's checkpoints are found first)
 CASES = [
-    (["train.py", "--sources", "drengskapur/midi-classical-music"], HUB_DATASET + OFFLINE),
+    (["train.py", "--sources", "drengskapur/midi-classical-music", "--output_dir", "FRESH"], HUB_DATASET + OFFLINE),
     (
         ["train.py", "--tokenizer", "outputs/tokenizer-classical-4096"],
         "no tokenizer folder outputs/tokenizer-classical",
     ),
     (["train.py", "--init_from", "me/no-such-model"], "model me/no-such-model is not on this machine"),
-    (["train_classifier.py", "--sources", "drengskapur/midi-classical-music"], HUB_DATASET + OFFLINE),
+    (
+        ["train_classifier.py", "--sources", "drengskapur/midi-classical-music", "--output_dir", "FRESH"],
+        HUB_DATASET + OFFLINE,
+    ),
     (["train_ngram.py", "--tokenizer", "outputs/tokenizer-classical-4096"], "no tokenizer folder outputs/tokenizer"),
     (
         ["evaluate.py", "outputs/framing/new-seed1", "--classifier", "TOKENIZER_ONLY", "--sources", "bundled"],
@@ -49,14 +53,14 @@ CASES = [
     (["compare.py", "--sources", "drengskapur/midi-classical-music", "--tokenizer", BUNDLED_MODEL], HUB_DATASET),
     (["build_tokenizer.py", "--sources", "drengskapur/midi-classical-music"], HUB_DATASET + OFFLINE),
     (["benchmark.py", "data", "--sources", "drengskapur/midi-classical-music"], HUB_DATASET + OFFLINE),
-    (["benchmark.py", "dataset"], "name one: {data|models|pipeline}"),
+    (["benchmark.py", "dataset"], "name one: {data|models|pipeline|app}"),
     (["app.py", "--model", "/nowhere"], "--model /nowhere: no such folder"),
     (["gpu_kit.py", "--tokenizer", "/nowhere"], "no tokenizer folder /nowhere"),
 ]
 
 
-def run_command(argv: list[str], env: dict, tokenizer_only: str) -> subprocess.CompletedProcess:
-    script, *args = (tokenizer_only if arg == "TOKENIZER_ONLY" else arg for arg in argv)
+def run_command(argv: list[str], env: dict, folders: dict[str, str]) -> subprocess.CompletedProcess:
+    script, *args = (folders.get(arg, arg) for arg in argv)
     command = [sys.executable, f"scripts/{script}", *args]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -71,8 +75,9 @@ def offline_env(tmp_path_factory) -> dict:
 def outcomes(offline_env, tmp_path_factory, tokenizer) -> list[subprocess.CompletedProcess]:
     folder = tmp_path_factory.mktemp("tokenizer-only")
     tokenizer.save_pretrained(folder)
+    folders = {"TOKENIZER_ONLY": str(folder), "FRESH": str(tmp_path_factory.mktemp("runs") / "fresh")}
     with ThreadPoolExecutor(2) as pool:
-        return list(pool.map(lambda case: run_command(case[0], offline_env, str(folder)), CASES))
+        return list(pool.map(lambda case: run_command(case[0], offline_env, folders), CASES))
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[" ".join(argv[:2]) for argv, _ in CASES])
@@ -85,7 +90,7 @@ def test_a_bad_input_ends_the_command_in_one_line(index, outcomes):
 
 
 def test_debug_shows_the_traceback_and_an_old_flag_says_its_new_name(offline_env, tmp_path):
-    result = run_command(["generate.py", "--prompt", "theme.mid", "--debug", "--out", str(tmp_path)], offline_env, "")
+    result = run_command(["generate.py", "--prompt", "theme.mid", "--debug", "--out", str(tmp_path)], offline_env, {})
     assert result.returncode == 2 and "Traceback" in result.stderr
     assert "generate.py: --out is now --output_dir" in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
