@@ -10,7 +10,7 @@ SOUNDFONT ?= /usr/share/sounds/sf2/FluidR3_GM.sf2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo app test lint format clean cuda-install cuda-check bundle gpu-kit figures
+.PHONY: install demo app test lint format clean cuda-install cuda-check bundle gpu-kit figures fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -72,6 +72,14 @@ bundle: cuda-install
 KIT_ARGS ?=
 gpu-kit: install
 	$(BIN)/python scripts/gpu_kit.py --sources $(SOURCE) --tokenizer $(TOKENIZER) $(KIT_ARGS)
+
+# The fuzzer over MIDI bytes -> score -> tokens -> MIDI and over the pipeline's prompt path,
+# FUZZ_SECONDS each (minutes, not part of `make test`); findings land in outputs/fuzz/<target>/crashes/.
+FUZZ_SECONDS ?= 300
+fuzz: install
+	$(BIN)/pip install --quiet -e ".[fuzz]"
+	$(BIN)/python scripts/fuzz.py --target data --seconds $(FUZZ_SECONDS)
+	$(BIN)/python scripts/fuzz.py --target prompt --seconds $(FUZZ_SECONDS)
 
 format: install
 	$(BIN)/ruff format .

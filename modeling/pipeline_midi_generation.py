@@ -50,6 +50,9 @@ WORD_MARKER = "\u2581"  # miditok's BPE word marker: an id that stands for no to
 # faster on a CPU than the dynamic one (measured with the bundled GPT-2: 18 vs 20 ms per step
 # at 1,024 tokens and batch 4, 24 vs 44 at 2,000; below, the dynamic cache is faster).
 STATIC_CACHE_FROM = 1024
+# As the tokenizer's MAX_QUARTER_NOTES (this file is the Hub's remote code: it stands alone): 11
+# times the longest real piece; a damaged time value spans millions, which take minutes to encode.
+MAX_PROMPT_QUARTER_NOTES = 100_000
 
 
 def name_key(name: str) -> str:
@@ -276,9 +279,19 @@ def read_prompt(prompt: str | Path | bytes | symusic.Score) -> symusic.Score:
         data = Path(prompt).read_bytes() if isinstance(prompt, (str, Path)) else bytes(prompt)
         if problem := cut_track(data):
             raise ValueError(problem)
-        return symusic.Score.from_midi(data)
+        score = symusic.Score.from_midi(data)
     except Exception as error:  # symusic reports its parser's message as RuntimeError/ValueError
         raise ValueError(f"the prompt is not a readable MIDI file: {str(error).splitlines()[0]}") from error
+    if score.ticks_per_quarter < 1:
+        raise ValueError(f"the prompt's header gives {score.ticks_per_quarter} ticks per quarter note: a damaged file")
+    if score.start() < 0:  # symusic added a damaged delta time up past what its integers hold
+        raise ValueError(f"the prompt has an event at tick {score.start():,}, before its start: a damaged file")
+    if (quarters := score.end() / score.ticks_per_quarter) > MAX_PROMPT_QUARTER_NOTES:
+        raise ValueError(
+            f"the prompt spans {quarters:,.0f} quarter notes (a damaged time value?); "
+            f"a prompt may span {MAX_PROMPT_QUARTER_NOTES:,}"
+        )
+    return score
 
 
 class MidiGenerationPipeline(Pipeline):
