@@ -51,7 +51,7 @@ WORD_MARKER = "\u2581"  # miditok's BPE word marker: an id that stands for no to
 # at 1,024 tokens and batch 4, 24 vs 44 at 2,000; below, the dynamic cache is faster).
 STATIC_CACHE_FROM = 1024
 # As the tokenizer's MAX_QUARTER_NOTES (this file is the Hub's remote code: it stands alone): 11
-# times the longest real piece; a damaged time value spans millions, which take minutes to encode.
+# times the longest real piece; a damaged time value spans millions, which take up to half a minute to encode.
 MAX_PROMPT_QUARTER_NOTES = 100_000
 
 
