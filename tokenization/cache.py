@@ -149,19 +149,24 @@ class TokenCache:
         folder = Path(cache_dir or default_cache_dir()) / source_key(uri) / tokenizer.fingerprint()
         folder.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(folder.with_name(folder.name + ".lock")):
-            if (folder / INFO_FILE).is_file() and not rebuild:
-                try:
-                    cache = cls(folder)
-                except DamagedTokenCache as error:
-                    logger.warning("%s: building it again from %s", error, uri)
-                else:
-                    if (
-                        cache.info["listing"] == listing_digest(list_midi_files(uri))
-                        and cache.info["format"] == FORMAT
-                    ):
-                        return cache
-                    logger.info("%s changed since its token cache was built: building it again", uri)
+            if not rebuild and (cache := cls.current(folder, uri)):
+                return cache
             return cls.build(uri, tokenizer, folder, num_proc)
+
+    @classmethod
+    def current(cls, folder: Path, uri: str) -> TokenCache | None:
+        """The cache in `folder` if it is whole and up to date with `uri`, else None (said why)."""
+        if not (folder / INFO_FILE).is_file():
+            return None
+        try:
+            cache = cls(folder)
+        except DamagedTokenCache as error:
+            logger.warning("%s: building it again from %s", error, uri)
+            return None
+        if cache.info["format"] == FORMAT and cache.info["listing"] == listing_digest(list_midi_files(uri)):
+            return cache
+        logger.info("%s changed since its token cache was built: building it again", uri)
+        return None
 
     @classmethod
     def build(cls, uri: str, tokenizer: MusicTokenizer, folder: Path, num_proc: int | None = None) -> TokenCache:
