@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from mlstm_kernels.torch.backend_module import mLSTMBackend, mLSTMBackendConfig
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
@@ -236,6 +238,24 @@ def slstm_backend(choice: str, device_type: str, dtype: torch.dtype, head_dim: i
     return "flashrnn" if fused and flashrnn is not None else "native"
 
 
+def fused_linear(owner: nn.Module, layers: Sequence[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights and biases of `layers` stacked into one projection (no bias: zeros), kept on
+    `owner` until a weight changes (training, loading): a generation step calls one matmul
+    where the package calls one per layer."""
+    parameters = [p for layer in layers for p in (layer.weight, layer.bias) if p is not None]
+    key = tuple((p.data_ptr(), p._version) for p in parameters)
+    if getattr(owner, "_fused_key", None) != key:
+        bias = [layer.weight.new_zeros(layer.out_features) if layer.bias is None else layer.bias for layer in layers]
+        owner._fused = (torch.cat([layer.weight for layer in layers]), torch.cat(bias))
+        owner._fused_key = key
+    return owner._fused
+
+
+def rms_norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    """The package's `RMSNorm` (float32 reduction, weight, no bias) as one fused call."""
+    return F.rms_norm(x.float(), (x.shape[-1],), eps=norm.eps).to(x.dtype) * norm.weight
+
+
 class MusicXLSTMCache:
     """The recurrent state of every block, and how many tokens it has seen."""
 
@@ -286,8 +306,44 @@ class MusicXLSTMMLSTMBlock(nn.Module):
         return self._backends[device_type]
 
     def forward(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+        if x.shape[1] == 1 and state is not None and not torch.is_grad_enabled():
+            return self.step(x, state)
         self.block.mlstm_layer.mlstm_backend = self._backend(x.device.type)
         return self.block(x, state)
+
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One token (`[b, 1, n_embd]`) from a carried state, updated in place: the package's block
+        around its native step kernel (`mlstm_recurrent_step__native_fw`), the same math in about
+        half the operations: one projection for q, k, v and the three gates, one for both halves
+        of the feed-forward, the state written where it lies."""
+        block, layer = self.block, self.block.mlstm_layer
+        batch, heads = x.shape[0], layer.config.num_heads
+        c, n, m = (t if t.is_contiguous() else t.contiguous() for t in state)  # [b,h,k,v], [b,h,k], [b,h,1]
+        gates = (layer.q, layer.k, layer.v, layer.ogate_preact, layer.igate_preact, layer.fgate_preact)
+        projection = F.linear(rms_norm(block.norm_mlstm, x[:, 0]), *fused_linear(layer, gates))
+        q, k, v, o, i_f = projection.split([layer.qk_dim, layer.qk_dim, layer.v_dim, layer.v_dim, 2 * heads], dim=-1)
+        cap = layer.config.gate_soft_cap
+        i, f = (cap * torch.tanh(i_f.float() / cap))[..., None].chunk(2, dim=1)  # [b, h, 1] each
+        log_f = F.logsigmoid(f) + m
+        m_new = torch.maximum(log_f, i)
+        f_act, i_act = torch.exp(log_f - m_new), torch.exp(i - m_new)
+        q, k, v = (t.float().view(batch, heads, -1) for t in (q, k, v))
+        per_head = (batch * heads, k.shape[-1], v.shape[-1])
+        keys, values = (k * i_act).view(*per_head[:2], 1), v.reshape(per_head[0], 1, -1)
+        c.mul_(f_act[..., None]).view(per_head).baddbmm_(keys, values)
+        n.mul_(f_act).addcmul_(i_act, k)
+        m.copy_(m_new)
+        q = q * k.shape[-1] ** -0.5
+        numerator = torch.bmm(q.view(per_head[0], 1, -1), c.view(per_head)).view(batch, heads, -1)
+        eps = layer.mlstm_backend.config.eps
+        denominator = torch.maximum((q * n).sum(-1, keepdim=True).abs(), torch.exp(-m_new)) + eps
+        h = F.layer_norm(numerator / denominator, (v.shape[-1],), eps=layer.multihead_norm.eps).view(batch, -1)
+        h = layer.multihead_norm._apply_weight_bias(h.to(x.dtype))
+        x = x + layer.out_proj(torch.sigmoid(o) * h)[:, None]
+        ffn = block.ffn
+        up_weights = fused_linear(ffn, (ffn.proj_up_gate, ffn.proj_up))
+        gate, up = F.linear(rms_norm(block.norm_ffn, x), *up_weights).chunk(2, -1)
+        return x + ffn.proj_down(F.silu(gate) * up), (c, n, m)
 
 
 class MusicXLSTMSLSTMBlock(nn.Module):
@@ -318,6 +374,8 @@ class MusicXLSTMSLSTMBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+        if x.shape[1] == 1 and state is not None and not torch.is_grad_enabled():
+            return self.step(x, state)
         fresh = state is None  # the package's first-step branch (see `slstm_scan`); a cache's n is >= 1
         if fresh:  # an explicit zero conv window: with None a short prompt returns a short one
             batch, width = x.shape[0], x.shape[-1]
@@ -333,6 +391,59 @@ class MusicXLSTMSLSTMBlock(nn.Module):
         x = x + y
         x = x + self.block.ffn(self.block.ffn_norm(x))
         return x, state
+
+    def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One token (`[b, 1, n_embd]`) from a carried state, updated in place: `slstm_layer` and
+        `slstm_scan` for a single step, with every gate's input and recurrent weights in one
+        head-wise matrix (`step_weights`), so all pre-activations are one batched matmul."""
+        layer, block = self.block.xlstm, self.block
+        conv_state, slstm_state = (t if t.is_contiguous() else t.contiguous() for t in state)
+        batch, width = x.shape[0], x.shape[-1]
+        heads = layer.config.num_heads
+        x_norm = block.xlstm_norm(x[:, 0])
+        x_conv = x_norm
+        if self.config.conv1d_kernel_size > 0:
+            window = torch.cat([conv_state, x_norm[:, None]], dim=1)  # [b, kernel, width], oldest first
+            conv = layer.conv1d.conv
+            x_conv = torch.sum(window * conv.weight[:, 0].T, dim=1)
+            x_conv = layer.conv_act_fn(x_conv if conv.bias is None else x_conv + conv.bias)
+            conv_state.copy_(window[:, 1:])
+        cell = slstm_state.view(4, batch, heads, -1).transpose(1, 2)  # y, c, n, m as [heads, b, head_dim]
+        y, c, n, m = cell.unbind(0)
+        inputs = torch.cat([t.view(batch, heads, -1) for t in (x_conv, x_norm)], dim=-1).transpose(0, 1)
+        weights, bias = self.step_weights()
+        raw = torch.baddbmm(bias, torch.cat([inputs.to(cell.dtype), y], dim=-1), weights)  # [heads, b, 4 * head_dim]
+        i, f, z, o = raw.view(heads, batch, 4, -1).unbind(2)
+        log_f = F.logsigmoid(f) + m
+        m_new = torch.maximum(i, log_f)
+        i_act, f_act = torch.exp(i - m_new), torch.exp(log_f - m_new)
+        c.mul_(f_act).addcmul_(i_act, torch.tanh(z))
+        n.mul_(f_act).add_(i_act)
+        m.copy_(m_new)
+        torch.mul(c / n, torch.sigmoid(o), out=y)
+        out = layer.dropout(y.to(x.dtype).transpose(0, 1)[:, :, None])  # [b, heads, 1, head_dim]
+        x = x + layer.group_norm(out).transpose(1, 2).reshape(batch, 1, width)
+        return x + block.ffn(block.ffn_norm(x)), (conv_state, slstm_state)
+
+    def step_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per head, `[x_conv, x, y] @ weights + bias` gives the cell's gates i, f, z, o: rows
+        for the conv input (i, f), the input (z, o) and the last output (the recurrent kernel),
+        zeros where a gate does not read an input. Kept until a weight changes."""
+        layer = self.block.xlstm
+        gates = (layer.fgate, layer.igate, layer.zgate, layer.ogate)  # the cell's slots i, f, z, o (see slstm_layer)
+        parameters = [gate.weight for gate in gates] + [layer.slstm_cell._recurrent_kernel_, layer.slstm_cell._bias_]
+        key = tuple((p.data_ptr(), p._version) for p in parameters)
+        if getattr(self, "_step_key", None) != key:
+            recurrent = layer.slstm_cell._recurrent_kernel_  # [heads, 4 * head_dim, head_dim]
+            heads, head_dim = recurrent.shape[0], recurrent.shape[-1]
+            weights = recurrent.new_zeros(heads, 3 * head_dim, 4 * head_dim)
+            for slot, gate in enumerate(gates):  # a gate's weight is [heads, out, in]
+                rows = slice(0, head_dim) if slot < 2 else slice(head_dim, 2 * head_dim)
+                weights[:, rows, slot * head_dim : (slot + 1) * head_dim] = gate.weight.transpose(1, 2)
+            weights[:, 2 * head_dim :] = recurrent.transpose(1, 2)
+            bias = layer.slstm_cell._bias_.view(4, heads, head_dim).transpose(0, 1).reshape(heads, 1, -1)
+            self._step, self._step_key = (weights, bias.contiguous()), key
+        return self._step
 
     def slstm_layer(
         self, x: torch.Tensor, conv_state: torch.Tensor, slstm_state: torch.Tensor, backend: str, fresh: bool
