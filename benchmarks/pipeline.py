@@ -2,10 +2,10 @@
 one preset, several samples in one batch, grammar on), ms per step (one new token for each sample)
 at several lengths, with and without classifier-free guidance, beside the bare model loop at the
 same batch and length (forward through the same cache, argmax): the difference is the pipeline's own
-cost. GPT-2 runs with the dynamic and the static cache, and keeps its preset's `n_positions`, so
-past it the pipeline's sliding window prefills again: the count and cost of those prefills are in
-the figures. Then each bundled model at batch 1 through a `NoteStreamer`: the time to the first note
-and the real-time factor (seconds of music per second of wall time)."""
+cost. GPT-2 runs with the pipeline's preallocated cache and with the static one, and keeps its
+preset's `n_positions`, so past it the pipeline's sliding window prefills again: the count and
+cost of those prefills are in the figures. Then each bundled model at batch 1 through a
+`NoteStreamer`: the time to the first note and the real-time factor (seconds of music per second of wall time)."""
 
 from __future__ import annotations
 
@@ -40,12 +40,10 @@ class Arguments:
 
 
 @torch.no_grad()
-def bare_ms_per_step(model, rows: int, length: int, vocab_size: int, cache_size: int, device: torch.device) -> float:
-    """The model alone, as the pipeline steps it: a 2-token prefill, then one token per row per step."""
-    from transformers import StaticCache
-
+def bare_ms_per_step(model, rows: int, length: int, vocab_size: int, cache, device: torch.device) -> float:
+    """The model alone, as the pipeline steps it: a 2-token prefill, then one token per row per step,
+    in the cache the pipeline gives it (None: the model's own)."""
     step = torch.randint(3, vocab_size, (rows, 2), device=device)
-    cache = StaticCache(config=model.config, max_cache_len=cache_size) if cache_size else None
     synchronize(device)
     start = time.perf_counter()
     for _ in range(length):
@@ -107,10 +105,9 @@ def run(args: Arguments) -> dict:
             hook = model.register_forward_pre_hook(count_prefills, with_kwargs=True)
             generator = MidiGenerationPipeline(model=model, music_tokenizer=folder, device=args.device)
             window = getattr(model.config, "n_positions", None)
-            caches = ["dynamic", "static"] if window else ["own"]
+            caches = ["preallocated", "static"] if window else ["own"]
             for length, scale, cache in itertools.product(args.lengths, args.guidance_scales, caches):
                 batch = args.rows * (2 if scale != 1.0 else 1)
-                cache_size = min(length + 2, window) if cache == "static" else 0
                 steps = min(length, window - 2) if window else length  # the bare loop has no sliding window
                 seconds, bare = [], []
                 for _ in range(args.repeats):  # interleaved: a slow spell of the machine hits both alike
@@ -127,7 +124,8 @@ def run(args: Arguments) -> dict:
                     synchronize(device)
                     seconds.append(time.perf_counter() - start)
                     hook.remove()  # the bare loop's forwards are not the pipeline's prefills
-                    bare.append(bare_ms_per_step(model, batch, steps, len(tokenizer), cache_size, device))
+                    bare_cache = generator._cache(min(length + 2, window or 0), cache == "static")
+                    bare.append(bare_ms_per_step(model, batch, steps, len(tokenizer), bare_cache, device))
                     hook = model.register_forward_pre_hook(count_prefills, with_kwargs=True)
                 row = {
                     "model": f"{family}_{args.preset}",

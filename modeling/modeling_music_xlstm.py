@@ -238,17 +238,25 @@ def slstm_backend(choice: str, device_type: str, dtype: torch.dtype, head_dim: i
     return "flashrnn" if fused and flashrnn is not None else "native"
 
 
-def fused_linear(owner: nn.Module, layers: Sequence[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weights and biases of `layers` stacked into one projection (no bias: zeros), kept on
-    `owner` until a weight changes (training, loading): a generation step calls one matmul
-    where the package calls one per layer."""
-    parameters = [p for layer in layers for p in (layer.weight, layer.bias) if p is not None]
+def kept(owner: nn.Module, parameters: Sequence[torch.Tensor], build) -> tuple[torch.Tensor, ...]:
+    """`build()` (tensors derived from `parameters`), kept on `owner` until one of them changes
+    (an optimizer step or a load bumps its version): made once per model, not once per step.
+    One such value per owner."""
     key = tuple((p.data_ptr(), p._version) for p in parameters)
-    if getattr(owner, "_fused_key", None) != key:
+    if getattr(owner, "_kept_key", None) != key:
+        owner._kept, owner._kept_key = build(), key
+    return owner._kept
+
+
+def fused_linear(owner: nn.Module, layers: Sequence[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights and biases of `layers` stacked into one projection (no bias: zeros): a
+    generation step calls one matmul where the package calls one per layer."""
+
+    def build() -> tuple[torch.Tensor, torch.Tensor]:
         bias = [layer.weight.new_zeros(layer.out_features) if layer.bias is None else layer.bias for layer in layers]
-        owner._fused = (torch.cat([layer.weight for layer in layers]), torch.cat(bias))
-        owner._fused_key = key
-    return owner._fused
+        return torch.cat([layer.weight for layer in layers]), torch.cat(bias)
+
+    return kept(owner, [p for layer in layers for p in (layer.weight, layer.bias) if p is not None], build)
 
 
 def rms_norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
@@ -313,12 +321,12 @@ class MusicXLSTMMLSTMBlock(nn.Module):
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One token (`[b, 1, n_embd]`) from a carried state, updated in place: the package's block
-        around its native step kernel (`mlstm_recurrent_step__native_fw`), the same math in about
-        half the operations: one projection for q, k, v and the three gates, one for both halves
-        of the feed-forward, the state written where it lies."""
+        around its native step kernel (`mlstm_recurrent_step__native_fw`), the same math in fewer
+        operations: one projection for q, k, v and the three gates, one for both halves of the
+        feed-forward, the state written where it lies. Without gradients only (it writes in place)."""
         block, layer = self.block, self.block.mlstm_layer
         batch, heads = x.shape[0], layer.config.num_heads
-        c, n, m = (t if t.is_contiguous() else t.contiguous() for t in state)  # [b,h,k,v], [b,h,k], [b,h,1]
+        c, n, m = (t.contiguous() for t in state)  # [b, h, k, v], [b, h, k], [b, h, 1]: written in place
         gates = (layer.q, layer.k, layer.v, layer.ogate_preact, layer.igate_preact, layer.fgate_preact)
         projection = F.linear(rms_norm(block.norm_mlstm, x[:, 0]), *fused_linear(layer, gates))
         q, k, v, o, i_f = projection.split([layer.qk_dim, layer.qk_dim, layer.v_dim, layer.v_dim, 2 * heads], dim=-1)
@@ -397,7 +405,7 @@ class MusicXLSTMSLSTMBlock(nn.Module):
         `slstm_scan` for a single step, with every gate's input and recurrent weights in one
         head-wise matrix (`step_weights`), so all pre-activations are one batched matmul."""
         layer, block = self.block.xlstm, self.block
-        conv_state, slstm_state = (t if t.is_contiguous() else t.contiguous() for t in state)
+        conv_state, slstm_state = (t.contiguous() for t in state)  # written in place
         batch, width = x.shape[0], x.shape[-1]
         heads = layer.config.num_heads
         x_norm = block.xlstm_norm(x[:, 0])
@@ -428,22 +436,22 @@ class MusicXLSTMSLSTMBlock(nn.Module):
     def step_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per head, `[x_conv, x, y] @ weights + bias` gives the cell's gates i, f, z, o: rows
         for the conv input (i, f), the input (z, o) and the last output (the recurrent kernel),
-        zeros where a gate does not read an input. Kept until a weight changes."""
+        zeros where a gate does not read an input."""
         layer = self.block.xlstm
         gates = (layer.fgate, layer.igate, layer.zgate, layer.ogate)  # the cell's slots i, f, z, o (see slstm_layer)
-        parameters = [gate.weight for gate in gates] + [layer.slstm_cell._recurrent_kernel_, layer.slstm_cell._bias_]
-        key = tuple((p.data_ptr(), p._version) for p in parameters)
-        if getattr(self, "_step_key", None) != key:
-            recurrent = layer.slstm_cell._recurrent_kernel_  # [heads, 4 * head_dim, head_dim]
+        recurrent = layer.slstm_cell._recurrent_kernel_  # [heads, 4 * head_dim, head_dim]
+        bias = layer.slstm_cell._bias_
+
+        def build() -> tuple[torch.Tensor, torch.Tensor]:
             heads, head_dim = recurrent.shape[0], recurrent.shape[-1]
             weights = recurrent.new_zeros(heads, 3 * head_dim, 4 * head_dim)
             for slot, gate in enumerate(gates):  # a gate's weight is [heads, out, in]
                 rows = slice(0, head_dim) if slot < 2 else slice(head_dim, 2 * head_dim)
                 weights[:, rows, slot * head_dim : (slot + 1) * head_dim] = gate.weight.transpose(1, 2)
             weights[:, 2 * head_dim :] = recurrent.transpose(1, 2)
-            bias = layer.slstm_cell._bias_.view(4, heads, head_dim).transpose(0, 1).reshape(heads, 1, -1)
-            self._step, self._step_key = (weights, bias.contiguous()), key
-        return self._step
+            return weights, bias.view(4, heads, head_dim).transpose(0, 1).reshape(heads, 1, -1)
+
+        return kept(self, [gate.weight for gate in gates] + [recurrent, bias], build)
 
     def slstm_layer(
         self, x: torch.Tensor, conv_state: torch.Tensor, slstm_state: torch.Tensor, backend: str, fresh: bool

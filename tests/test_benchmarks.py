@@ -54,7 +54,7 @@ def test_the_pipeline_benchmark_counts_window_prefills_and_times_real_time(tmp_p
     assert len(rows) == 16 and all(r["ms_per_step"] > 0 and r["bare_ms_per_step"] > 0 for r in rows)
     # only GPT-2 (tiny: 256 positions) slides its window, once past 256 tokens, with either cache
     assert {(r["model"], r["cache"], r["length"]): r["window_prefills"] for r in rows if r["guidance_scale"] == 1} == {
-        ("transformer_tiny", "dynamic", 8): 0, ("transformer_tiny", "dynamic", 300): 1,
+        ("transformer_tiny", "preallocated", 8): 0, ("transformer_tiny", "preallocated", 300): 1,
         ("transformer_tiny", "static", 8): 0, ("transformer_tiny", "static", 300): 1,
         ("mamba_tiny", "own", 8): 0, ("mamba_tiny", "own", 300): 0,
         ("xlstm_tiny", "own", 8): 0, ("xlstm_tiny", "own", 300): 0,

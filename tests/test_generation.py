@@ -401,7 +401,7 @@ def test_cli_streams_every_note_as_a_line(folders, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("guidance_scale", [1.0, 2.0])
-def test_a_static_cache_samples_the_same_tokens_as_the_dynamic_one(generators, guidance_scale):
+def test_a_static_cache_samples_the_same_tokens_as_the_preallocated_one(generators, guidance_scale):
     generator = generators["transformer"]  # 256 positions: 300 new tokens slide the window once
     call = {"composer": ["Bach", "Chopin"], "max_new_tokens": 300, "seed": 4, "guidance_scale": guidance_scale}
     static = generator(**call, static_cache=True)
