@@ -248,15 +248,19 @@ def kept(owner: nn.Module, parameters: Sequence[torch.Tensor], build) -> tuple[t
     return owner._kept
 
 
-def fused_linear(owner: nn.Module, layers: Sequence[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weights and biases of `layers` stacked into one projection (no bias: zeros): a
-    generation step calls one matmul where the package calls one per layer."""
+def fused_linear(owner: nn.Module, layers: Sequence[nn.Linear], x: torch.Tensor) -> torch.Tensor:
+    """`x` (`[b, in]`) through `layers` at once, their outputs side by side: a generation step
+    calls one matmul where the package calls one per layer. The stacked weights are kept as
+    `[in, out]`: at batch 1 on a CPU, `x @ W` reads the weights 1.5x faster than `x @ W.T`
+    (24 such pairs from memory on 2 cores: 4.9 -> 3.0 ms), and the stacked copy costs that
+    layout nothing."""
 
     def build() -> tuple[torch.Tensor, torch.Tensor]:
         bias = [layer.weight.new_zeros(layer.out_features) if layer.bias is None else layer.bias for layer in layers]
-        return torch.cat([layer.weight for layer in layers]), torch.cat(bias)
+        return torch.cat([layer.weight for layer in layers]).t().contiguous(), torch.cat(bias)
 
-    return kept(owner, [p for layer in layers for p in (layer.weight, layer.bias) if p is not None], build)
+    weight, bias = kept(owner, [p for layer in layers for p in (layer.weight, layer.bias) if p is not None], build)
+    return torch.addmm(bias, x, weight)
 
 
 def rms_norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
@@ -328,7 +332,7 @@ class MusicXLSTMMLSTMBlock(nn.Module):
         batch, heads = x.shape[0], layer.config.num_heads
         c, n, m = (t.contiguous() for t in state)  # [b, h, k, v], [b, h, k], [b, h, 1]: written in place
         gates = (layer.q, layer.k, layer.v, layer.ogate_preact, layer.igate_preact, layer.fgate_preact)
-        projection = F.linear(rms_norm(block.norm_mlstm, x[:, 0]), *fused_linear(layer, gates))
+        projection = fused_linear(layer, gates, rms_norm(block.norm_mlstm, x[:, 0]))
         q, k, v, o, i_f = projection.split([layer.qk_dim, layer.qk_dim, layer.v_dim, layer.v_dim, 2 * heads], dim=-1)
         cap = layer.config.gate_soft_cap
         i, f = (cap * torch.tanh(i_f.float() / cap))[..., None].chunk(2, dim=1)  # [b, h, 1] each
@@ -349,9 +353,8 @@ class MusicXLSTMMLSTMBlock(nn.Module):
         h = layer.multihead_norm._apply_weight_bias(h.to(x.dtype))
         x = x + layer.out_proj(torch.sigmoid(o) * h)[:, None]
         ffn = block.ffn
-        up_weights = fused_linear(ffn, (ffn.proj_up_gate, ffn.proj_up))
-        gate, up = F.linear(rms_norm(block.norm_ffn, x), *up_weights).chunk(2, -1)
-        return x + ffn.proj_down(F.silu(gate) * up), (c, n, m)
+        gate, up = fused_linear(ffn, (ffn.proj_up_gate, ffn.proj_up), rms_norm(block.norm_ffn, x[:, 0])).chunk(2, -1)
+        return x + ffn.proj_down(F.silu(gate) * up)[:, None], (c, n, m)
 
 
 class MusicXLSTMSLSTMBlock(nn.Module):

@@ -31,7 +31,12 @@ def run(code: str, **env) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     "family, overrides",
-    [("mamba", {}), ("xlstm", {"slstm_backend": "native"}), ("xlstm", {"slstm_backend": "vanilla"})],
+    [
+        ("mamba", {}),
+        ("mamba", {"ngroups": 2}),  # the step's per-group B, C and gated norm
+        ("xlstm", {"slstm_backend": "native"}),
+        ("xlstm", {"slstm_backend": "vanilla"}),
+    ],
 )
 def test_stepping_matches_the_full_forward(family, overrides):
     model = tiny(family, **overrides)
