@@ -1,26 +1,32 @@
-"""Pipeline benchmark: end-to-end sampling through `pipeline("midi-generation")` (untrained models at
-one preset, several samples in one batch, grammar on), ms per step (one new token for each sample)
-at several lengths, with and without classifier-free guidance, beside the bare model loop at the
-same batch and length (forward through the same cache, argmax): the difference is the pipeline's own
-cost. GPT-2 runs with the pipeline's preallocated cache and with the static one, and keeps its
-preset's `n_positions`, so past it the pipeline's sliding window prefills again: the count and
-cost of those prefills are in the figures. Then each bundled model at batch 1 through a
-`NoteStreamer`: the time to the first note and the real-time factor (seconds of music per second of wall time)."""
+"""Pipeline benchmark: sampling through `pipeline("midi-generation")` end to end, per family (untrained
+models at one preset, the grammar on), at each batch size and number of new tokens: ms per step
+(one new token for every sample), tokens/s, user and system CPU time, peak memory and, at batch 1,
+the real-time factor. Each case runs in a process of its own (`generation_case.py`), so its CPU
+time and memory are its own; with `--baseline`, each case runs right after with another
+checkout's code too (the same machine, the same minute: a before and after). GPT-2 keeps its
+preset's `n_positions`, so past it the pipeline's sliding window prefills again: the count is in
+the figures. Then each bundled model at batch 1 through a `NoteStreamer`: the time to the first
+note and the real-time factor (seconds of music per second of wall time). An untrained model's
+music says nothing, so its real-time factor is taken at the bundled model's seconds of music per
+token."""
 
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
 from transformers import AutoModelForCausalLM
 
-from modeling import FAMILIES, build_config
+from modeling import FAMILIES
 from modeling.catalog import bundled_models
 
-from . import synchronize
+CASE_SCRIPT = Path(__file__).with_name("generation_case.py")
 
 
 @dataclass
@@ -30,32 +36,26 @@ class Arguments:
     families: list[str] = field(default_factory=lambda: list(FAMILIES))
     device: str = "cpu"
     threads: int = field(default=2, metadata={"help": "torch threads (CPU)."})
-    rows: int = field(default=4, metadata={"help": "Samples generated together (one batch)."})
-    lengths: list[int] = field(default_factory=lambda: [1024, 3072], metadata={"help": "New tokens per sample."})
-    guidance_scales: list[float] = field(default_factory=lambda: [1.0, 2.0])
-    realtime_tokens: int = field(default=1024, metadata={"help": "Tokens per bundled model's real-time run."})
-    repeats: int = field(
-        default=3, metadata={"help": "Runs of each pipeline call and bare loop, interleaved; the fastest counts."}
+    batches: list[int] = field(default_factory=lambda: [1, 28], metadata={"help": "Samples generated together."})
+    lengths: list[int] = field(default_factory=lambda: [256, 768], metadata={"help": "New tokens per sample."})
+    guidance_scales: list[float] = field(default_factory=lambda: [1.0])
+    caches: list[str] = field(
+        default_factory=lambda: ["preallocated"],
+        metadata={"help": "GPT-2's cache: preallocated (the pipeline's default) and/or static."},
     )
-
-
-@torch.no_grad()
-def bare_ms_per_step(model, rows: int, length: int, vocab_size: int, cache, device: torch.device) -> float:
-    """The model alone, as the pipeline steps it: a 2-token prefill, then one token per row per step,
-    in the cache the pipeline gives it (None: the model's own)."""
-    step = torch.randint(3, vocab_size, (rows, 2), device=device)
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(length):
-        out = model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1)
-        cache, step = out.cache, out.logits[:, -1:].argmax(-1)
-    synchronize(device)
-    return 1000 * (time.perf_counter() - start) / length
+    baseline: str | None = field(
+        default=None,
+        metadata={
+            "help": "A checkout of another version of this project (e.g. `git worktree add ../before <commit>`): "
+            "every case runs with its code too, right after this checkout's."
+        },
+    )
+    realtime_tokens: int = field(default=1024, metadata={"help": "Tokens per bundled model's real-time run."})
 
 
 def realtime(folder: Path, tokens: int, device: str) -> dict:
-    """A bundled model at batch 1 through a streamer that looks every 0.1 s (as `generate.py --stream`):
-    time to the first note, real-time factor."""
+    """A bundled model at batch 1 through a streamer that looks every 0.1 s, read on another
+    thread while this one samples (as `generate.py --stream`): time to the first note, real-time factor."""
     from concurrent.futures import ThreadPoolExecutor
 
     from modeling import MidiGenerationPipeline, NoteStreamer
@@ -64,17 +64,14 @@ def realtime(folder: Path, tokens: int, device: str) -> dict:
     streamer = NoteStreamer(generator)
     with ThreadPoolExecutor(1) as pool:
         start = time.perf_counter()
-        call = pool.submit(generator, "bach", max_new_tokens=tokens, top_p=0.95, seed=0, streamer=streamer)
-        next((item for item in streamer if item["notes"]), None)
-        first_note = time.perf_counter() - start
-        [piece] = call.result()
-        for _ in streamer:  # the rest of the stream
-            pass
-    seconds = time.perf_counter() - start
+        first_note = pool.submit(first_note_after, streamer, start)
+        [piece] = generator("bach", max_new_tokens=tokens, top_p=0.95, seed=0, streamer=streamer)
+        seconds = time.perf_counter() - start
     return {
         "model": folder.name,
         "tokens": tokens,
-        "first_note_s": first_note,
+        "new_tokens": piece["new_tokens"],
+        "first_note_s": first_note.result(),
         "seconds": seconds,
         "music_seconds": piece["seconds"],
         "realtime_factor": piece["seconds"] / seconds,
@@ -82,79 +79,70 @@ def realtime(folder: Path, tokens: int, device: str) -> dict:
     }
 
 
+def first_note_after(streamer, start: float) -> float | None:
+    """Seconds from `start` to the streamer's first notes; the stream is read to its end."""
+    first = None
+    for item in streamer:
+        if first is None and item["notes"]:
+            first = time.perf_counter() - start
+    return first
+
+
+def run_case(case: dict, code: Path) -> dict:
+    """`case` in a fresh interpreter that imports `modeling` from `code`."""
+    result = subprocess.run(
+        [sys.executable, str(CASE_SCRIPT), json.dumps(case)],
+        cwd=code,
+        env={**os.environ, "PYTHONPATH": str(code)},
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"the case {case} failed with the code in {code}:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def describe(row: dict) -> str:
+    return (
+        f"{row['model']} {'baseline' if row['baseline'] else 'this checkout'}: batch {row['batch']} x "
+        f"{row['length']} tokens, guidance {row['guidance_scale']}, {row['cache']} cache: "
+        f"{row['ms_per_step']:.2f} ms/step, {row['tokens_per_s']:.0f} tokens/s, user {row['user_s']:.1f} s, "
+        f"system {row['system_s']:.2f} s ({row['system_share']:.1%}), peak {row['peak_mib']:.0f} MiB, "
+        f"{row['window_prefills']} window prefills"
+    )
+
+
 def run(args: Arguments) -> dict:
-    import tempfile
-
-    from modeling import MidiGenerationPipeline
-    from tokenization import MusicTokenizer
-
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    tokenizer = MusicTokenizer(composers=["bach"])
-    results, prefills = [], []  # prefills: forwards of more than one token (the first, and window slides)
-
-    def count_prefills(module, inputs, kwargs) -> None:
-        if kwargs["input_ids"].shape[1] > 1:
-            prefills.append(kwargs["input_ids"].shape[1])
-
-    with tempfile.TemporaryDirectory() as folder:
-        tokenizer.save_pretrained(folder)
-        for family in args.families:
-            torch.manual_seed(0)
-            model = AutoModelForCausalLM.from_config(build_config(family, args.preset, tokenizer)).eval()
-            hook = model.register_forward_pre_hook(count_prefills, with_kwargs=True)
-            generator = MidiGenerationPipeline(model=model, music_tokenizer=folder, device=args.device)
-            window = getattr(model.config, "n_positions", None)
-            caches = ["preallocated", "static"] if window else ["own"]
-            for length, scale, cache in itertools.product(args.lengths, args.guidance_scales, caches):
-                batch = args.rows * (2 if scale != 1.0 else 1)
-                steps = min(length, window - 2) if window else length  # the bare loop has no sliding window
-                seconds, bare = [], []
-                for _ in range(args.repeats):  # interleaved: a slow spell of the machine hits both alike
-                    prefills.clear()
-                    synchronize(device)
-                    start = time.perf_counter()
-                    generator(
-                        ["bach"] * args.rows,
-                        max_new_tokens=length,
-                        min_new_tokens=length,
-                        guidance_scale=scale,
-                        static_cache=cache == "static",
-                    )
-                    synchronize(device)
-                    seconds.append(time.perf_counter() - start)
-                    hook.remove()  # the bare loop's forwards are not the pipeline's prefills
-                    bare_cache = generator._cache(min(length + 2, window or 0), cache == "static")
-                    bare.append(bare_ms_per_step(model, batch, steps, len(tokenizer), bare_cache, device))
-                    hook = model.register_forward_pre_hook(count_prefills, with_kwargs=True)
-                row = {
-                    "model": f"{family}_{args.preset}",
-                    "length": length,
-                    "guidance_scale": scale,
-                    "rows": args.rows,
-                    "cache": cache,
-                    "seconds": min(seconds),
-                    "ms_per_step": 1000 * min(seconds) / length,
-                    "bare_ms_per_step": min(bare),
-                    "overhead": 1000 * min(seconds) / length / min(bare) - 1,
-                    "all_ms_per_step": [1000 * s / length for s in seconds],
-                    "all_bare_ms_per_step": bare,
-                    "window_prefills": len(prefills) - 1,
-                }
-                results.append(row)
-                print(
-                    f"{row['model']}: {length} tokens x {args.rows} rows, guidance {scale}, {cache} cache: "
-                    f"{row['ms_per_step']:.2f} ms/step, the model alone {row['bare_ms_per_step']:.2f} "
-                    f"({row['overhead']:+.0%}), {row['window_prefills']} window prefills",
-                    flush=True,
-                )
+    here = Path(__file__).resolve().parents[1]
+    codes = [here] + ([Path(args.baseline).resolve()] if args.baseline else [])
+    results = []
+    for family in args.families:
+        caches = args.caches if family == "transformer" else ["own"]
+        for batch, length, scale, cache in itertools.product(args.batches, args.lengths, args.guidance_scales, caches):
+            case = {
+                "family": family, "preset": args.preset, "device": args.device, "threads": args.threads,
+                "batch": batch, "length": length, "guidance_scale": scale, "cache": cache,
+            }  # fmt: skip
+            rows = []
+            for index, code in enumerate(codes):  # back to back: a slow spell of the machine hits both alike
+                row = {"model": f"{family}_{args.preset}", "baseline": index > 0, **run_case(case, code)}
+                rows.append(row)
+                print(describe(row), flush=True)
+            if len(rows) == 2:
+                rows[0]["speedup_over_baseline"] = rows[1]["seconds"] / rows[0]["seconds"]
+            results.extend(rows)
     realtime_runs = [realtime(folder, args.realtime_tokens, args.device) for folder in bundled_models().values()]
-    for run in realtime_runs:
+    for streamed in realtime_runs:
         print(
-            f"{run['model']}: first note after {run['first_note_s']:.2f} s, {run['music_seconds']:.1f} s of music in "
-            f"{run['seconds']:.1f} s: real-time factor {run['realtime_factor']:.2f}",
+            f"{streamed['model']}: first note after {streamed['first_note_s']:.2f} s, {streamed['music_seconds']:.1f} "
+            f"s of music in {streamed['seconds']:.1f} s: real-time factor {streamed['realtime_factor']:.2f}",
             flush=True,
         )
+    if realtime_runs:  # an untrained model's real time, at the bundled model's music per token
+        music_per_token = realtime_runs[0]["music_seconds"] / realtime_runs[0]["new_tokens"]
+        for row in results:
+            if row["batch"] == 1:
+                row["realtime_factor"] = music_per_token / (row["ms_per_step"] / 1000)
     return {
         "benchmark": "pipeline",
         "arguments": asdict(args),

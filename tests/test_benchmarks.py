@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from benchmarks import models, pipeline
 from conftest import ROOT
 
@@ -44,25 +46,30 @@ def test_the_data_benchmark_reads_the_same_pieces_from_midi_and_the_cache(tmp_pa
     assert report["token_cache"]["bytes_on_disk"] > 0 and report["speedup_of_the_cache"]["0"] > 0
 
 
-def test_the_pipeline_benchmark_counts_window_prefills_and_times_real_time(tmp_path):
+def test_the_pipeline_benchmark_runs_each_case_in_its_own_process_beside_a_baseline(tmp_path):
+    """GPT-2 `tiny` (256 positions) with either cache, 300 new tokens, each case in a fresh process
+    (about 5 s each to start: 4 cases, the checkout itself standing in for a baseline; 25 s)."""
     args = pipeline.Arguments(
-        json=str(tmp_path / "pipeline.json"), preset="tiny", rows=2, lengths=[8, 300], guidance_scales=[1, 2],
-        realtime_tokens=64, repeats=1,
+        json=str(tmp_path / "pipeline.json"), preset="tiny", families=["transformer"], batches=[1], lengths=[300],
+        caches=["preallocated", "static"], baseline=str(ROOT), realtime_tokens=64,
     )  # fmt: skip
     report = pipeline.run(args)
     rows = report["results"]
-    assert len(rows) == 16 and all(r["ms_per_step"] > 0 and r["bare_ms_per_step"] > 0 for r in rows)
-    # only GPT-2 (tiny: 256 positions) slides its window, once past 256 tokens, with either cache
-    assert {(r["model"], r["cache"], r["length"]): r["window_prefills"] for r in rows if r["guidance_scale"] == 1} == {
-        ("transformer_tiny", "preallocated", 8): 0, ("transformer_tiny", "preallocated", 300): 1,
-        ("transformer_tiny", "static", 8): 0, ("transformer_tiny", "static", 300): 1,
-        ("mamba_tiny", "own", 8): 0, ("mamba_tiny", "own", 300): 0,
-        ("xlstm_tiny", "own", 8): 0, ("xlstm_tiny", "own", 300): 0,
-    }  # fmt: skip
+    assert [(r["cache"], r["baseline"]) for r in rows] == [
+        ("preallocated", False), ("preallocated", True), ("static", False), ("static", True)
+    ]  # fmt: skip
+    assert all(r["code"] == str(ROOT) for r in rows)  # the baseline's code is the one it was given
+    for row in rows:
+        assert row["tokens_per_s"] == pytest.approx(300 / row["seconds"]) and row["ms_per_step"] > 0
+        assert row["user_s"] > 0 and row["system_s"] >= 0 and row["peak_mib"] >= row["start_mib"] > 0
+        assert row["window_prefills"] == 1  # past 256 positions the window slides once, with either cache
+    assert all(r["speedup_over_baseline"] > 0 for r in rows if not r["baseline"])
     # every bundled model at batch 1: the first note comes before the end, music comes out
     [bundled] = report["realtime"]
     assert bundled["model"] == "gpt2-small-classical" and 0 < bundled["first_note_s"] < bundled["seconds"]
     assert bundled["realtime_factor"] == bundled["music_seconds"] / bundled["seconds"] > 0
+    music_per_token = bundled["music_seconds"] / bundled["new_tokens"]  # an untrained model's, at batch 1
+    assert all(r["realtime_factor"] == pytest.approx(music_per_token * 1000 / r["ms_per_step"]) for r in rows)
 
 
 def test_the_app_benchmark_serves_every_user_and_answers_every_bad_upload(tmp_path):

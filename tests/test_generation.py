@@ -13,11 +13,12 @@ import pytest
 import symusic
 import torch
 from transformers import AutoModelForCausalLM, pipeline
+from transformers.cache_utils import DynamicLayer
 
 from conftest import load_script
 from evaluation import rendering
 from modeling import FAMILIES, MidiGenerationPipeline, NoteStreamer, build_config, catalog
-from modeling.pipeline_midi_generation import guide
+from modeling.pipeline_midi_generation import PreallocatedLayer, guide
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -398,6 +399,22 @@ def test_cli_streams_every_note_as_a_line(folders, tmp_path, capsys):
     )
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Bach ")]
     assert len(lines) == row["notes"] > 0 and " beat " in lines[0] and "velocity" in lines[0]
+
+
+def test_a_preallocated_cache_layer_returns_what_a_dynamic_one_does_and_keeps_its_buffers_when_reset():
+    layer, dynamic = PreallocatedLayer(capacity=6), DynamicLayer()
+    chunks = [torch.randn(2, 4, length, 8) for length in (3, 1, 2)]  # a prefill, then steps
+    for chunk in chunks:
+        keys, values = layer.update(chunk, -chunk)
+        expected_keys, expected_values = dynamic.update(chunk, -chunk)
+        assert torch.equal(keys, expected_keys) and torch.equal(values, expected_values)
+    buffers = layer.key_buffer.data_ptr(), layer.value_buffer.data_ptr()
+    with pytest.raises(ValueError, match="holds 6 positions, not 7"):
+        layer.update(chunks[1], chunks[1])
+    layer.reset()  # a window slide: filled again from the first position, in the same memory
+    keys, values = layer.update(chunks[0], chunks[0])
+    assert torch.equal(keys, chunks[0]) and torch.equal(values, chunks[0]) and layer.get_seq_length() == 3
+    assert (layer.key_buffer.data_ptr(), layer.value_buffer.data_ptr()) == buffers
 
 
 @pytest.mark.parametrize("guidance_scale", [1.0, 2.0])
