@@ -40,8 +40,8 @@ class Arguments:
     lengths: list[int] = field(default_factory=lambda: [256, 768], metadata={"help": "New tokens per sample."})
     guidance_scales: list[float] = field(default_factory=lambda: [1.0])
     caches: list[str] = field(
-        default_factory=lambda: ["preallocated"],
-        metadata={"help": "GPT-2's cache: preallocated (the pipeline's default) and/or static."},
+        default_factory=lambda: ["default"],
+        metadata={"help": "GPT-2's cache: default (the pipeline's own; a baseline's may differ) and/or static."},
     )
     baseline: str | None = field(
         default=None,

@@ -51,12 +51,12 @@ def test_the_pipeline_benchmark_runs_each_case_in_its_own_process_beside_a_basel
     (about 5 s each to start: 4 cases, the checkout itself standing in for a baseline; 25 s)."""
     args = pipeline.Arguments(
         json=str(tmp_path / "pipeline.json"), preset="tiny", families=["transformer"], batches=[1], lengths=[300],
-        caches=["preallocated", "static"], baseline=str(ROOT), realtime_tokens=64,
+        caches=["default", "static"], baseline=str(ROOT), realtime_tokens=64,
     )  # fmt: skip
     report = pipeline.run(args)
     rows = report["results"]
     assert [(r["cache"], r["baseline"]) for r in rows] == [
-        ("preallocated", False), ("preallocated", True), ("static", False), ("static", True)
+        ("default", False), ("default", True), ("static", False), ("static", True)
     ]  # fmt: skip
     assert all(r["code"] == str(ROOT) for r in rows)  # the baseline's code is the one it was given
     for row in rows:
