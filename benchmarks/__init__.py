@@ -2,7 +2,8 @@
 
 - `data`: the token stream from MIDI and from the token cache, beside miditok's `DatasetMIDI`.
 - `models`: training and generation speed and cache memory of each family, beside transformers' own.
-- `pipeline`: `pipeline("midi-generation")` against the bare model loop, and real time.
+- `pipeline`: `pipeline("midi-generation")` per family, batch and length, each case in its own
+  process (CPU time, memory), beside another checkout's code if asked; and real time.
 - `app`: the web app under load (several users composing at once) and given bad uploads.
 
 Each module holds its `Arguments` (a dataclass for `HfArgumentParser`) and `run(args) -> dict`,

@@ -5,7 +5,8 @@ python scripts/benchmark.py data --sources ../shared/data/midi-classical-music -
 python scripts/benchmark.py models --json outputs/bench_models.json
 python scripts/benchmark.py models --device cuda --precision bf16 --json outputs/bench_models_gpu.json
 
-python scripts/benchmark.py pipeline --lengths 1024 3072 --json outputs/bench_pipeline.json
+python scripts/benchmark.py pipeline --json outputs/bench_pipeline.json
+git worktree add ../before <commit> && python scripts/benchmark.py pipeline --baseline ../before
 """
 
 from __future__ import annotations
