@@ -66,7 +66,8 @@ def run(case: dict) -> dict:
         pieces = generator(prompts, max_new_tokens=case["length"], min_new_tokens=case["length"], **options)
         seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
     user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
-    peak = resident_mib("VmHWM") if peak_reset else after.ru_maxrss / 1024  # else: the whole process's peak
+    process_peak = after.ru_maxrss / (1024**2 if sys.platform == "darwin" else 1024)  # KiB; macOS: bytes
+    peak = resident_mib("VmHWM") if peak_reset else process_peak
     return {
         **case,
         "code": str(Path(modeling.__file__).resolve().parents[1]),
@@ -75,7 +76,7 @@ def run(case: dict) -> dict:
         "tokens_per_s": sum(piece["new_tokens"] for piece in pieces) / seconds,
         "user_s": user,
         "system_s": system,
-        "system_share": system / user,
+        "system_share": system / max(user, 1e-6),
         "start_mib": start_mib,
         "peak_mib": peak,
         "window_prefills": len(prefills) - 1,

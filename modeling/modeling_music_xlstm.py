@@ -252,8 +252,8 @@ def fused_linear(owner: nn.Module, layers: Sequence[nn.Linear], x: torch.Tensor)
     """`x` (`[b, in]`) through `layers` at once, their outputs side by side: a generation step
     calls one matmul where the package calls one per layer. The stacked weights are kept as
     `[in, out]`: at batch 1 on a CPU, `x @ W` reads the weights 1.5x faster than `x @ W.T`
-    (24 such pairs from memory on 2 cores: 4.9 -> 3.0 ms), and the stacked copy costs that
-    layout nothing."""
+    (48 matrices of 256 x 1168 and 512 x 256, read from memory on 2 cores: 4.9 -> 3.0 ms), and
+    the stacked copy costs that layout nothing."""
 
     def build() -> tuple[torch.Tensor, torch.Tensor]:
         bias = [layer.weight.new_zeros(layer.out_features) if layer.bias is None else layer.bias for layer in layers]
