@@ -48,17 +48,22 @@ def test_the_data_benchmark_reads_the_same_pieces_from_midi_and_the_cache(tmp_pa
 
 def test_the_pipeline_benchmark_runs_each_case_in_its_own_process_beside_a_baseline(tmp_path):
     """GPT-2 `tiny` (256 positions) with either cache, 300 new tokens, each case in a fresh process
-    (about 5 s each to start: 4 cases, the checkout itself standing in for a baseline; 25 s)."""
+    (about 5 s each to start: 4 cases, a folder linking to this checkout's packages standing in
+    for a baseline; 25 s)."""
+    baseline = tmp_path / "before"
+    baseline.mkdir()
+    for package in ("modeling", "tokenization"):
+        (baseline / package).symlink_to(ROOT / package)
     args = pipeline.Arguments(
         json=str(tmp_path / "pipeline.json"), preset="tiny", families=["transformer"], batches=[1], lengths=[300],
-        caches=["default", "static"], baseline=str(ROOT), realtime_tokens=64,
+        caches=["default", "static"], baseline=str(baseline), realtime_tokens=64,
     )  # fmt: skip
     report = pipeline.run(args)
     rows = report["results"]
     assert [(r["cache"], r["baseline"]) for r in rows] == [
         ("default", False), ("default", True), ("static", False), ("static", True)
     ]  # fmt: skip
-    assert all(r["code"] == str(ROOT) for r in rows)  # the baseline's code is the one it was given
+    assert [r["code"] for r in rows] == [str(ROOT), str(baseline.resolve())] * 2  # each imported its own code
     for row in rows:
         assert row["tokens_per_s"] == pytest.approx(300 / row["seconds"]) and row["ms_per_step"] > 0
         assert row["user_s"] > 0 and row["system_s"] >= 0 and row["peak_mib"] >= row["start_mib"] > 0
