@@ -17,6 +17,8 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .generation_case import resident_mib
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -51,14 +53,6 @@ def serve(port: int, *options: str) -> subprocess.Popen:
             time.sleep(0.5)
     server.kill()
     raise OSError(f"the app did not answer on port {port}")
-
-
-def resident_mib(pid: int) -> float:
-    """The process's resident memory (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 class Sampler(threading.Thread):

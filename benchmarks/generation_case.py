@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 
-def resident_mib(field: str) -> float | None:
-    """`VmRSS` or `VmHWM` (the peak since the last reset) from /proc, in MiB (None off Linux)."""
-    status = Path("/proc/self/status")
+def resident_mib(pid: int | str = "self", field: str = "VmRSS") -> float | None:
+    """A process's resident memory (`VmRSS`) or its peak since the last reset (`VmHWM`) from
+    /proc, in MiB (None off Linux). The app benchmark reads its server's with it too."""
+    status = Path(f"/proc/{pid}/status")
     if not status.exists():
         return None
     line = next(line for line in status.read_text().splitlines() if line.startswith(field + ":"))
@@ -61,13 +62,13 @@ def run(case: dict) -> dict:
         prompts = ["bach"] * case["batch"]
         generator(prompts, max_new_tokens=4, **options)  # first-call costs (grammar tables, kernels) out of the way
         prefills.clear()
-        start_mib, peak_reset = resident_mib("VmRSS"), reset_peak()
+        start_mib, peak_reset = resident_mib(), reset_peak()
         before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         pieces = generator(prompts, max_new_tokens=case["length"], min_new_tokens=case["length"], **options)
         seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
     user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
     process_peak = after.ru_maxrss / (1024**2 if sys.platform == "darwin" else 1024)  # KiB; macOS: bytes
-    peak = resident_mib("VmHWM") if peak_reset else process_peak
+    peak = resident_mib(field="VmHWM") if peak_reset else process_peak
     return {
         **case,
         "code": str(Path(modeling.__file__).parents[1]),  # the folder it was imported from

@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -56,8 +57,6 @@ class Arguments:
 def realtime(folder: Path, tokens: int, device: str) -> dict:
     """A bundled model at batch 1 through a streamer that looks every 0.1 s, read on another
     thread while this one samples (as `generate.py --stream`): time to the first note, real-time factor."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from modeling import MidiGenerationPipeline, NoteStreamer
 
     generator = MidiGenerationPipeline(model=AutoModelForCausalLM.from_pretrained(folder), device=device)
