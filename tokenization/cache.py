@@ -51,7 +51,7 @@ from .sources import (
     load_source,
     resolve,
     sample_paths,
-    split_of,
+    split_label,
     tokenizer_for_sources,
 )
 from .tokenizer import MusicTokenizer
@@ -109,7 +109,9 @@ def source_key(uri: str) -> str:
     """A folder name for a source: its last path part and a digest of its full location."""
     url, layout = resolve(uri)
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in url.rstrip("/").rsplit("/", 1)[-1])
-    return f"{name}-{hashlib.sha256(f'{layout}:{url}'.encode()).hexdigest()[:8]}"
+    label = split_label(uri)[0]
+    where = f"{layout}:{url}" + (f":label={label}" if label else "")
+    return f"{name}-{hashlib.sha256(where.encode()).hexdigest()[:8]}"
 
 
 class TokenCache:
@@ -206,7 +208,9 @@ class TokenCache:
         if not len(usable):
             raise ValueError(f"no usable MIDI in {uri!r} ({skip_summary(skipped)})")
         paths = usable["path"]
-        splits, twins = twin_splits(paths, usable.with_format("numpy")["fingerprint"], usable["digest"])
+        listed = {f.path: f.split for f in files}
+        hashed = [listed[path] for path in paths]
+        splits, twins = twin_splits(paths, hashed, usable.with_format("numpy")["fingerprint"], usable["digest"])
         pieces = usable.remove_columns(["fingerprint", "digest", "skipped"]).add_column("split", splits)
         partial = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(partial, ignore_errors=True)
@@ -304,9 +308,11 @@ def _encode_batch(batch: dict[str, list], tokenizer: MusicTokenizer) -> dict[str
     return out
 
 
-def twin_splits(paths: list[str], fingerprints: list[np.ndarray], digests: list[str]) -> tuple[list[str], dict]:
-    """The split of every piece with twins kept together, and a report of the twins found."""
-    hashed = [split_of(path) for path in paths]
+def twin_splits(
+    paths: list[str], hashed: list[str], fingerprints: list[np.ndarray], digests: list[str]
+) -> tuple[list[str], dict]:
+    """The split of every piece (`hashed`: its source's, by path) with twins kept together, and a
+    report of the twins found."""
     pairs = duplicates.twin_pairs(fingerprints)
     groups = duplicates.twin_groups(len(paths), pairs)
     splits = duplicates.group_splits(paths, hashed, groups)
@@ -372,7 +378,7 @@ def split_names(uri: str) -> set[str]:
     """The splits that hold files of `uri` (a MIDI source by path hash, a cache as it was built)."""
     if is_token_cache(uri):
         return set(read_info(Path(uri))["splits"])
-    return {split_of(f.path) for f in list_midi_files(uri)}
+    return {f.split for f in list_midi_files(uri)}
 
 
 def composer_counts(

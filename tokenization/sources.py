@@ -10,6 +10,10 @@ code. `datasets.load_dataset` on the classical repo would only yield its
   unless asked for;
 - `folder`: any tree of MIDI files, composer `Unknown`.
 
+`label:<name>:<location>` gives every file of a source the label `name` (a musician's own
+folder for fine-tuning): such a source holds out its validation files by rank (`labelled_splits`)
+so that a folder of three files still has one.
+
 The composer is named here once, canonically (`composers.canonical_composer`: aliases and
 spellings folded); everything downstream (token caches, blocks, the classifier) takes the
 name as it comes. The layout is detected, or forced with a prefix: `lakh:/data/clean_midi`.
@@ -50,6 +54,9 @@ HUB_DATASET_INSTEAD = (
     "its token cache's folder, or `bundled` (the bundled sample)"
 )
 
+LABEL_PREFIX = "label:"
+LABELLED_HELD_OUT = 0.2  # share of a labelled folder's files held out for validation
+
 _VERSION = re.compile(r"\.\d+$")  # Lakh: "Title.2.mid" is another version of "Title.mid"
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -60,10 +67,23 @@ class MidiFile:
     path: str  # relative to the source root: the split hash and the logs use it
     composer: str
     size: int  # bytes: with the path, what tells a token cache that the source changed
+    split: str
+
+
+def split_label(uri: str) -> tuple[str | None, str]:
+    """(`name`, `location`) of `label:<name>:<location>`, else (None, `uri`)."""
+    if not uri.startswith(LABEL_PREFIX):
+        return None, uri
+    name, _, location = uri.removeprefix(LABEL_PREFIX).partition(":")
+    if not name.strip() or not location:
+        raise ValueError(f"source {uri!r}: write a labelled source as label:<name>:<folder>")
+    return name.strip(), location
 
 
 def resolve(uri: str) -> tuple[str, str | None]:
-    """Split `[layout:]location` and expand the short forms; return (url, forced layout)."""
+    """Split `[label:<name>:][layout:]location` and expand the short forms; return (url, forced
+    layout)."""
+    uri = split_label(uri)[1]
     if uri in BUNDLED:
         return str(BUNDLED[uri]), None
     layout, _, rest = uri.partition(":")
@@ -91,6 +111,16 @@ def split_of(path: str, fractions: dict[str, float] = SPLITS) -> str:
     return name
 
 
+def labelled_splits(paths: list[str]) -> list[str]:
+    """The splits of a labelled folder's files (one musician's pieces, often a handful): the
+    `LABELLED_HELD_OUT` share with the lowest path hash, at least one file, is validation, the
+    rest train. By rank rather than by the hash's value, so that 3 files still hold one out; a
+    single file is all training."""
+    held_out = max(1, round(len(paths) * LABELLED_HELD_OUT)) if len(paths) > 1 else 0
+    ranked = set(sorted(paths, key=path_hash)[:held_out])
+    return ["validation" if path in ranked else "train" for path in paths]
+
+
 def _detect_layout(fs: fsspec.AbstractFileSystem, root: str, relative: list[str]) -> str:
     if fs.exists(f"{root}/metadata.csv") or any(p.startswith("data/") and "-" in p for p in relative):
         return "classical"
@@ -113,6 +143,7 @@ def list_midi_files(
     """The MIDI files of a source (see `load_source` for the arguments), sorted by path."""
     if split is not None and split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)} or None")
+    label = split_label(uri)[0]
     url, layout = resolve(uri)
     on_hub = url.startswith("hf://")
     if on_hub and offline():  # the Hub's file system keeps no cache to read offline
@@ -137,14 +168,22 @@ def list_midi_files(
         layout = layout or _detect_layout(fs, root, relative)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+    if layout == "lakh" and not include_versions and not label:  # a labelled folder is all the musician's
+        kept = [i for i, path in enumerate(relative) if not _VERSION.search(Path(path).stem)]
+        found, relative = [found[i] for i in kept], [relative[i] for i in kept]
+    splits = labelled_splits(relative) if label else [split_of(path) for path in relative]
     files = [
-        MidiFile(prefix + full, rel, _composer(layout, rel), details[full].get("size", 0))
-        for full, rel in zip(found, relative, strict=True)
+        MidiFile(
+            prefix + full,
+            rel,
+            canonical_composer(label) if label else _composer(layout, rel),
+            details[full].get("size", 0),
+            split_name,
+        )
+        for full, rel, split_name in zip(found, relative, splits, strict=True)
     ]
-    if layout == "lakh" and not include_versions:
-        files = [f for f in files if not _VERSION.search(Path(f.path).stem)]
     if split is not None:
-        files = [f for f in files if split_of(f.path) == split]
+        files = [f for f in files if f.split == split]
     if max_files is not None:
         chosen = sample_paths([f.path for f in files], max_files)
         files = [f for f in files if f.path in chosen]
@@ -231,7 +270,7 @@ def tokenizer_for_sources(
     sources by `weights`."""
     files = [f for uri in uris for f in list_midi_files(uri)]
     tokenizer = MusicTokenizer(composers={f.composer for f in files})
-    tokenizer.training_pieces = dict(Counter(f.composer for f in files if split_of(f.path) == "train"))
+    tokenizer.training_pieces = dict(Counter(f.composer for f in files if f.split == "train"))
     if bpe_vocab_size:
         rows = itertools.islice(mix_sources(uris, split="train", weights=weights), bpe_max_files)
         tokenizer.train_bpe(bpe_vocab_size, (row["midi"] for row in rows))
