@@ -6,7 +6,8 @@
 
 Choose a model (a bundled one, a folder, a Hub repo id), a composer from that model's own
 list, the length and the sampling settings, optionally a MIDI file to continue; the piano roll
-grows while the model writes, then the page plays the audio and offers the `.mid`. Each call
+grows while the model writes, then the page plays the audio and offers the `.mid` (and, where music21 is installed, the
+MusicXML score). Each call
 runs in Gradio's queue with its own files, so users at once never see each other's pieces.
 On a Hugging Face Space, this repository with `app_file: scripts/app.py` in its README runs it.
 """
@@ -14,6 +15,7 @@ On a Hugging Face Space, this repository with `app_file: scripts/app.py` in its 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ MAX_TRACK_SECONDS = 7200
 MAX_LENGTH = 2048  # tokens of a piece
 MAX_UPLOAD = "5mb"  # a MIDI file to continue: more than any piece of the classical set or Lakh
 MAX_PROMPT_NOTES = 10_000  # its notes: a long piano piece has a few thousand
+SCORES = importlib.util.find_spec("music21") is not None  # MusicXML downloads (the [score] extra)
 
 
 @dataclass
@@ -109,7 +112,8 @@ def checked_prompt(upload: str | None) -> symusic.Score | None:
 
 
 def compose(model, composer, length, temperature, top_p, guidance_scale, seed, upload, *, device, soundfont):
-    """Yield (piano roll, audio, MIDI file, status) while the model writes, then the finished piece."""
+    """Yield (piano roll, audio, MusicXML file, MIDI file, status) while the model writes, then the
+    finished piece (its MusicXML score where music21 is installed)."""
     try:
         generator = load(resolve_model(model)[0], device)
         prompt = checked_prompt(upload)
@@ -123,13 +127,14 @@ def compose(model, composer, length, temperature, top_p, guidance_scale, seed, u
         "guidance_scale": guidance_scale,
         "seed": int(seed),
         "prompt": prompt,
+        "musicxml": SCORES,
     }
     with ThreadPoolExecutor(1) as pool:
         call = pool.submit(generator, composer, streamer=streamer, **settings)
         notes = 0
         for item in streamer:
             notes += len(item["notes"])
-            yield piano_roll(item["score"], f"{composer}: {notes} notes so far"), None, None, f"{notes} notes..."
+            yield piano_roll(item["score"], f"{composer}: {notes} notes so far"), None, None, None, f"{notes} notes..."
         try:
             [piece] = call.result()
         except (ValueError, OSError) as error:  # an unreadable upload, an unknown composer
@@ -137,6 +142,9 @@ def compose(model, composer, length, temperature, top_p, guidance_scale, seed, u
     folder = Path(tempfile.mkdtemp(prefix="midi-lm-"))  # this call's own files
     midi = folder / f"{composer}.mid"
     midi.write_bytes(piece["midi"])
+    score = midi.with_suffix(".musicxml") if "musicxml" in piece else None
+    if score is not None:
+        score.write_bytes(piece["musicxml"])
     status = f"{piece['score'].note_num()} notes, {piece['seconds']:.1f} seconds of music"
     try:
         if piece["seconds"] * len(piece["score"].tracks) > MAX_TRACK_SECONDS:
@@ -144,7 +152,8 @@ def compose(model, composer, length, temperature, top_p, guidance_scale, seed, u
         audio = write_wav(piece["score"], midi.with_suffix(".wav"), find_soundfont(soundfont))
     except OSError as error:
         audio, status = None, f"{status}; no audio: {str(error).splitlines()[0]}"
-    yield piano_roll(piece["score"], f"{composer}: {status}"), str(audio) if audio else None, str(midi), status
+    roll = piano_roll(piece["score"], f"{composer}: {status}")
+    yield roll, str(audio) if audio else None, str(score) if score else None, str(midi), status
 
 
 def model_choices(first: str) -> list[tuple[str, str]]:
@@ -179,11 +188,12 @@ def build(args: Arguments) -> gr.Blocks:
                 status = gr.Markdown("")
                 roll = gr.Plot(label="Piano roll")
                 audio = gr.Audio(label="Listen", type="filepath")
+                score = gr.File(label="Download the score (MusicXML, for MuseScore or Sibelius)", visible=SCORES)
                 midi = gr.File(label="Download the MIDI file")
         model.change(functools.partial(composer_choices, device=args.device), model, composer, api_name="composers")
         run = functools.partial(compose, device=args.device, soundfont=args.soundfont)
         inputs = [model, composer, length, temperature, top_p, guidance, seed, upload]
-        button.click(run, inputs, [roll, audio, midi, status], api_name="compose")
+        button.click(run, inputs, [roll, audio, score, midi, status], api_name="compose")
     return app
 
 

@@ -5,16 +5,20 @@
     python scripts/generate.py --model outputs/xlstm-small --prompt theme.mid --guidance-scale 2
     python scripts/generate.py --list-composers
     python scripts/generate.py --composers Chopin --stream
+    python scripts/generate.py --model outputs/finetune-pop --composers Pop --format musicxml
 
 `--model` is a family name (the model a preset trained into `outputs/<family>-small`, else the
 bundled model of that family), a model folder, or a Hub repo id; without it the bundled GPT-2
 generates. Files go to `<output_dir>/<model>/<composer>/sample_<i>.mid`, with a piano roll
-(`--plot`) and audio (`--render wav`: symusic's synthesizer and a General MIDI soundfont); a
-sample written again replaces both or removes the old ones.
+(`--plot`), audio (`--render wav`: symusic's synthesizer and a General MIDI soundfont) and a
+MusicXML score (`--format musicxml`, for MuseScore or Sibelius); a sample written again
+replaces them or removes the old ones. A fine-tuned adapter folder (scripts/finetune.py) is
+a model folder here too.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +31,7 @@ from command_line import CommandParser
 from evaluation.rendering import find_soundfont, piano_roll, write_wav
 from model_cards import WELL_TRAINED
 from modeling.catalog import resolve_model
+from modeling.musicxml import MISSING_MUSIC21
 from modeling.pipeline_midi_generation import MusicVocabulary
 from tokenization.hub import hub_access
 
@@ -60,6 +65,10 @@ class Arguments:
     )
     stream: bool = field(default=False, metadata={"help": "Print each note as soon as it is generated."})
     plot: bool = field(default=False, metadata={"help": "Write a piano-roll PNG beside each sample."})
+    format: str = field(
+        default="mid",
+        metadata={"help": "mid, or musicxml: also a MusicXML score beside each file (MuseScore; needs music21)."},
+    )
     render: str | None = field(default=None, metadata={"help": "wav: render audio beside each file."})
     soundfont: str | None = field(
         default=None,
@@ -94,6 +103,10 @@ def check(args: Arguments, composers: list[str]) -> None:
         raise FileNotFoundError(f"no prompt file {args.prompt}: give a MIDI file for the samples to continue")
     if args.render not in (None, "wav"):
         raise ValueError(f"--render {args.render}: only wav is supported")
+    if args.format not in ("mid", "musicxml"):
+        raise ValueError(f"--format {args.format}: choose mid or musicxml")
+    if args.format == "musicxml" and importlib.util.find_spec("music21") is None:
+        raise ValueError(MISSING_MUSIC21)
 
 
 MODEL_INSTEAD = "give a model folder or a family (transformer, mamba, xlstm), or leave --model out for the bundled one"
@@ -142,6 +155,7 @@ def generate(args: Arguments, model: str, composers: list[str]) -> list[dict]:
         "top_p": args.top_p,
         "seed": args.seed,
         "progress_bar": not args.stream,
+        "musicxml": args.format == "musicxml",
     }
     if not args.stream:
         return generator(**settings)
@@ -172,9 +186,15 @@ def write_samples(results: list[dict], args: Arguments, folder: Path, soundfont:
         sample = i % args.num_samples
         path = folder / result["composer"].replace("/", "_") / f"sample_{sample}.mid"  # an artist like AC/DC
         path.parent.mkdir(parents=True, exist_ok=True)
-        for companion in (".png", ".wav"):  # a roll or audio of an older sample would be taken for this one's
+        for companion in (
+            ".png",
+            ".wav",
+            ".musicxml",
+        ):  # a roll or audio of an older sample would be taken for this one's
             path.with_suffix(companion).unlink(missing_ok=True)
         path.write_bytes(result["midi"])
+        if "musicxml" in result:
+            path.with_suffix(".musicxml").write_bytes(result["musicxml"])
         if args.plot and result["score"].note_num():
             figure = piano_roll(result["score"], f"{result['composer']}, sample {sample}")
             figure.savefig(path.with_suffix(".png"), dpi=100)

@@ -50,13 +50,14 @@ def not_midi(tmp_path) -> Path:
     return path
 
 
-def test_the_app_streams_the_piano_roll_then_gives_audio_and_midi(app_url):
+def test_the_app_streams_the_piano_roll_then_gives_audio_midi_and_the_score(app_url):
     url, folder = app_url
     client = Client(url, verbose=False)
     updates = list(client.submit(str(folder), "bach", 192, 1.0, 0.95, 1.0, 3, None, api_name="/compose"))
     assert len(updates) >= 2 and all(update[1] is None for update in updates[:-1])  # the roll comes first
-    _, audio, midi, status = updates[-1]
+    _, audio, score, midi, status = updates[-1]
     assert symusic.Score(midi).note_num() > 0 and Path(audio).stat().st_size > 44
+    assert b"<score-partwise" in Path(score).read_bytes()  # the MusicXML download (the [score] extra)
     assert status.endswith("seconds of music")
     assert client.predict(str(folder), api_name="/composers")["value"] in ("bach", "chopin", "handel", "mozart")
 
@@ -93,7 +94,7 @@ def test_a_full_queue_tells_the_user_to_try_again(app_url):
     served, refused = [], []
     for job in jobs:  # which of the three came last is up to the threads that send them
         try:
-            served.append(symusic.Score(job.result(timeout=300)[2]).note_num())
+            served.append(symusic.Score(job.result(timeout=300)[3]).note_num())  # the MIDI file
         except Exception as failure:
             refused.append(str(failure))
     assert refused == ["Queue is full! Please try again."] and len(served) == 2 and min(served) > 0
