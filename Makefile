@@ -10,7 +10,7 @@ SOUNDFONT ?= /usr/share/sounds/sf2/FluidR3_GM.sf2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo app test lint format clean cuda-install cuda-check bundle gpu-kit figures fuzz
+.PHONY: install demo app finetune test lint format clean cuda-install cuda-check bundle gpu-kit figures fuzz
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(BIN)/python:
 # torch first, on its own: as a dependency of another package it could pull a CUDA build.
 $(STAMP): setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/pip install "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/pip install -e ".[dev,audio,app]"
+	$(BIN)/pip install -e ".[dev,audio,app,score]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,6 +35,17 @@ HOST ?=
 PORT ?=
 app: install
 	$(BIN)/python scripts/app.py $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
+
+# Your own music: LoRA adapters and a new condition NAME for the bundled model (MODEL=... another one),
+# trained on the MIDI files under DATA; FINETUNE_ARGS passes more (--epochs, --merge: scripts/finetune.py).
+# The adapter goes to outputs/finetune-<name>/; the same command again resumes an interrupted run.
+DATA ?=
+NAME ?=
+MODEL ?=
+FINETUNE_ARGS ?=
+finetune: install
+	$(if $(and $(DATA),$(NAME)),,$(error make finetune needs DATA=<folder of MIDI files> NAME="<your style>"))
+	$(BIN)/python scripts/finetune.py --data "$(DATA)" --name "$(NAME)" $(if $(MODEL),--model "$(MODEL)") $(FINETUNE_ARGS)
 
 # The documentation's pictures (docs/sample.png, docs/app.png), drawn by the code as it is; the app's
 # screenshot needs Debian's Chromium (apt-get install chromium).

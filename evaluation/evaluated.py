@@ -15,7 +15,6 @@ from typing import Protocol
 import numpy as np
 import torch
 from transformers import (
-    AutoModelForCausalLM,
     LogitsProcessorList,
     MinNewTokensLengthLogitsProcessor,
     TopPLogitsWarper,
@@ -23,6 +22,7 @@ from transformers import (
 )
 
 import modeling
+from modeling.adapters import ADAPTER_CONFIG
 from modeling.ngram import CONFIG_NAME as NGRAM_CONFIG
 from modeling.ngram import NGramModel
 from modeling.pipeline_midi_generation import GrammarLogitsProcessor
@@ -61,7 +61,9 @@ def load_evaluated(name: str, device: str) -> EvaluatedModel:
     """The model in folder (or Hub repo) `name`: an n-gram folder of `train_ngram.py`, else a
     language model."""
     folder = Path(name)
-    if folder.is_dir() and not any((folder / config).is_file() for config in ("config.json", NGRAM_CONFIG)):
+    if folder.is_dir() and not any(
+        (folder / config).is_file() for config in ("config.json", NGRAM_CONFIG, ADAPTER_CONFIG)
+    ):
         holds = "a tokenizer but no model" if (folder / CONDITIONS_FILE).is_file() else "no model"
         raise FileNotFoundError(
             f"{name} holds {holds} (no config.json): give train.py's or train_ngram.py's --output_dir"
@@ -84,7 +86,7 @@ class LanguageModelEvaluated:
 
     def __init__(self, name: str, tokenizer: MusicTokenizer, device: str) -> None:
         self.name, self.tokenizer, self.device = name, tokenizer, device
-        self.model = AutoModelForCausalLM.from_pretrained(name).to(device).float()
+        self.model = modeling.load_model(name).to(device).float()  # a fine-tuned adapter folder too
         self.family = self.model.config.model_type
         self.parameters = sum(p.numel() for p in self.model.parameters())
 

@@ -176,6 +176,7 @@ def model_card(
     base_model: str | None = None,
     license: str = "mit",
     remote_code: bool = True,
+    adapter_of: str | None = None,
     history: str = "",
 ) -> ModelCard:
     """Fill the template.
@@ -184,7 +185,8 @@ def model_card(
     `evaluated_on`: on what, in words; `training`: the procedure's rows (hardware, precision,
     batch, schedule, ...); `repo_id`: the Hub id or folder the usage snippet loads (the model's
     name when None); `remote_code`: whether the folder carries the pipeline's code;
-    `history`: a paragraph for what the rows cannot say (several training stages).
+    `adapter_of`: the base model of a folder that holds LoRA adapters; `history`: a paragraph
+    for what the rows cannot say (several training stages).
     """
     hub_ids = hub_datasets(sources)
     data = ModelCardData(
@@ -214,6 +216,7 @@ def model_card(
         condition_count=len(composers),
         data_scope=f"it learned only from {', '.join(f'`{source}`' for source in sources)}.",
         remote_code=remote_code,
+        adapter_of=adapter_of,
         extra_packages=EXTRA_PACKAGES.get(config.model_type, ""),
         repo_id=repo_id or name,
         example_composer=next((c for c in ("bach", *composers) if c in composers), "Unknown"),

@@ -3,12 +3,14 @@
 Importing this package registers the custom models with the Auto classes (base models with
 `AutoModel`, language models with `AutoModelForCausalLM`), marks them so that
 `save_pretrained` writes their code and `auto_map` beside the weights (Hub remote code), and
-registers the pipeline task with transformers.
+registers the pipeline task with transformers, which loads a name given to it with
+`load_model`: LoRA adapter folders load too.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .adapters import MusicModelForCausalLM, load_model
 from .configuration_music_mamba import MusicMambaConfig
 from .configuration_music_xlstm import MusicXLSTMConfig
 from .modeling_music_mamba import MusicMambaForCausalLM, MusicMambaModel
@@ -27,7 +29,7 @@ for config_class, base_class, model_class in (
     base_class.register_for_auto_class("AutoModel")
     model_class.register_for_auto_class("AutoModelForCausalLM")
 PIPELINE_REGISTRY.register_pipeline(
-    "midi-generation", pipeline_class=MidiGenerationPipeline, pt_model=AutoModelForCausalLM
+    "midi-generation", pipeline_class=MidiGenerationPipeline, pt_model=MusicModelForCausalLM
 )
 
 __all__ = [
@@ -42,4 +44,5 @@ __all__ = [
     "MusicXLSTMForCausalLM",
     "MusicXLSTMModel",
     "build_config",
+    "load_model",
 ]

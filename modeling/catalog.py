@@ -8,6 +8,7 @@ from pathlib import Path
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
+from .adapters import ADAPTER_CONFIG
 from .presets import CONFIG_CLASSES, FAMILIES
 
 FAMILY_OF_MODEL_TYPE = {config.model_type: family for family, config in CONFIG_CLASSES.items()}
@@ -27,8 +28,12 @@ def default_model() -> Path:
 
 
 def available_models() -> list[str]:
-    """What `--model` can name on this machine without the Hub: families, bundled and trained folders."""
-    trained = sorted(str(p.parent) for p in Path("outputs").glob("*/config.json") if family_of(p.parent))
+    """What `--model` can name on this machine without the Hub: families, bundled and trained (or
+    fine-tuned) folders."""
+    trained = sorted(
+        {str(p.parent) for p in Path("outputs").glob("*/config.json") if family_of(p.parent)}
+        | {str(p.parent) for p in Path("outputs").glob(f"*/{ADAPTER_CONFIG}")}
+    )
     return [*FAMILIES, *(str(p) for p in bundled_models().values()), *trained]
 
 
@@ -54,7 +59,7 @@ def resolve_model(name: str | None) -> tuple[str, str]:
         )
     path = Path(name)
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        if not (path / "config.json").is_file() and not (path / ADAPTER_CONFIG).is_file():
             holds = "a tokenizer but no model" if (path / "music_tokenizer.json").is_file() else "no model"
             raise ValueError(
                 f"--model {name}: the folder holds {holds} (no config.json); give a model folder "

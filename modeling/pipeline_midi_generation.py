@@ -44,6 +44,8 @@ from transformers import (
 from transformers.cache_utils import DynamicLayer
 from transformers.utils import cached_file
 
+from .musicxml import score_to_musicxml
+
 MIDI_FILE = "tokenizer.json"
 CONDITIONS_FILE = "music_tokenizer.json"
 WORD_MARKER = "\u2581"  # miditok's BPE word marker: an id that stands for no token
@@ -336,10 +338,11 @@ class MidiGenerationPipeline(Pipeline):
     ```
     Each result holds `score` (symusic Score), `midi` (bytes), `tokens` (ids: BOS, the
     composer's condition token, the prompt's tokens, then the new ones), `composer`,
-    `new_tokens` (how many were generated) and `seconds` (of music); a prompt's own notes are
-    part of the score. A call generates `max_new_tokens` tokens: a model's end of piece comes
-    too early to make music of (often after a few bars), so `min_new_tokens` (0 lets a row end
-    at the model's EOS) is the way to allow it.
+    `new_tokens` (how many were generated) and `seconds` (of music), and with `musicxml=True`
+    `musicxml` (bytes: the score for MuseScore or Sibelius, on the tokenizer's grid; needs
+    music21); a prompt's own notes are part of the score. A call generates `max_new_tokens`
+    tokens: a model's end of piece comes too early to make music of (often after a few bars),
+    so `min_new_tokens` (0 lets a row end at the model's EOS) is the way to allow it.
     """
 
     _load_tokenizer = False
@@ -358,6 +361,15 @@ class MidiGenerationPipeline(Pipeline):
         if self.device.type == "cpu" and self.model.dtype in (torch.float16, torch.bfloat16):
             self.model.float()  # half precision on CPU is slow, and not every kernel has it
         self.window = getattr(self.model.config, "n_positions", None)  # learned positions: slide past them
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
+        """As transformers' own, with `AutoModelForCausalLM` as the folder's model class: where our
+        package is imported the task loads names with its `load_model` (which also takes LoRA
+        adapter folders), a class that the folder's remote code cannot import."""
+        super().save_pretrained(save_directory, **kwargs)
+        for task in self.model.config.custom_pipelines.values():
+            task["pt"] = ("AutoModelForCausalLM",)
+        self.model.config.save_pretrained(save_directory)
 
     def __call__(self, composer: str | list[str] | None = None, **kwargs) -> list[dict[str, Any]]:
         """`composer`: a name, a list of names (one batch), or None (no composer)."""
@@ -385,6 +397,7 @@ class MidiGenerationPipeline(Pipeline):
         progress_bar: bool | None = None,
         streamer: NoteStreamer | None = None,
         static_cache: bool | None = None,
+        musicxml: bool | None = None,
     ) -> tuple[dict, dict, dict]:
         preprocess = {} if num_return_sequences is None else {"num_return_sequences": num_return_sequences}
         given = {
@@ -400,7 +413,8 @@ class MidiGenerationPipeline(Pipeline):
             "streamer": streamer,
             "static_cache": static_cache,
         }
-        return preprocess, {k: v for k, v in given.items() if v is not None}, {}
+        postprocess = {} if musicxml is None else {"musicxml": musicxml}
+        return preprocess, {k: v for k, v in given.items() if v is not None}, postprocess
 
     def preprocess(self, inputs: dict, num_return_sequences: int = 1) -> dict[str, Any]:
         if num_return_sequences < 1:
@@ -514,7 +528,8 @@ class MidiGenerationPipeline(Pipeline):
         """BOS and condition, then the newest tokens: half a window, so the next prefill is far off."""
         return torch.cat([tokens[:, :2], tokens[:, 2:][:, -max(self.window // 2 - 2, 1) :]], dim=1)
 
-    def postprocess(self, model_outputs: dict[str, Any]) -> list[dict[str, Any]]:
+    def postprocess(self, model_outputs: dict[str, Any], musicxml: bool = False) -> list[dict[str, Any]]:
+        grid = max(self.vocabulary.base.config.beat_res.values())  # the finest positions per quarter note
         results = []
         for row, composer in zip(model_outputs["tokens"].tolist(), model_outputs["composers"], strict=True):
             ids = row[: row.index(self.vocabulary.eos_token_id) + 1] if self.vocabulary.eos_token_id in row else row
@@ -530,4 +545,6 @@ class MidiGenerationPipeline(Pipeline):
                     "seconds": score.to("second").end() if score.note_num() else 0.0,
                 }
             )
+            if musicxml:
+                results[-1]["musicxml"] = score_to_musicxml(score, grid)
         return results

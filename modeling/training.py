@@ -311,9 +311,10 @@ def prepare_worker(worker_id: int) -> None:
 def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Optimizer parameter groups of every trainer: weight decay on matrices only, not on norms,
     biases or per-channel vectors (decaying those only pulls scales and offsets towards 0)."""
-    decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and "norm" not in name.lower()]
+    trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]  # LoRA freezes the rest
+    decay = [p for name, p in trained if p.ndim >= 2 and "norm" not in name.lower()]
     chosen = {id(p) for p in decay}
-    rest = [p for p in model.parameters() if id(p) not in chosen]
+    rest = [p for _, p in trained if id(p) not in chosen]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 

@@ -7,7 +7,9 @@
     python scripts/train.py scripts/configs/xlstm-small.yaml --resume_from_checkpoint latest
 
 A YAML preset gives the defaults, `--key value` overrides them. `--init_from` fine-tunes a
-trained model (its weights and tokenizer) instead of training a preset from scratch. Sources
+trained model (its weights and tokenizer) instead of training a preset from scratch:
+`--add_composers` gives it new condition tokens, `--lora_rank` trains LoRA adapters (peft)
+instead of all its weights and writes the adapter (`--merge_lora`: the merged model). Sources
 are tokenized once into a token cache (`--no_token_cache` tokenizes on the fly); each
 process streams its own share of the training pieces in blocks that each start with their
 piece's condition. The validation split is evaluated every `eval_steps`: loss, bits per token,
@@ -24,6 +26,7 @@ leave a checkpoint to resume from and the export.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -40,6 +43,7 @@ import yaml
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+from peft import PeftModel
 from torchdata.stateful_dataloader import StatefulDataLoader
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, get_scheduler
@@ -50,6 +54,7 @@ from evaluation import identification, identification_windows, window_tokens
 from evaluation.identification import summary_metrics
 from evaluation.likelihood import evaluate
 from model_cards import model_card
+from modeling.adapters import add_condition_rows, save_adapter, with_lora
 from modeling.training import (
     StopRequest,
     build_accelerator,
@@ -104,6 +109,24 @@ class ModelArguments:
             "help": "Tokenizer folder or Hub repo id; by default the one saved in a token-cache source, else one "
             "built from the sources."
         },
+    )
+    add_composers: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "New condition tokens for the --init_from model (a composer, artist or style), each starting "
+            "from the mean of its condition embeddings."
+        },
+    )
+    lora_rank: int = field(
+        default=0,
+        metadata={
+            "help": "Train LoRA adapters of this rank on the --init_from model instead of all its weights, and "
+            "write the adapter (0: all weights)."
+        },
+    )
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA scale numerator; left out: 2 x rank."})
+    merge_lora: bool = field(
+        default=False, metadata={"help": "Write the model with the adapter merged in (a whole model) instead."}
     )
     bpe_vocab_size: int = field(default=0, metadata={"help": "BPE vocabulary of a built tokenizer (0: no BPE)."})
     bpe_max_files: int = field(default=2000, metadata={"help": "Training files a built tokenizer learns BPE on."})
@@ -171,6 +194,9 @@ class TrainArguments:
     warmup_steps: int = field(default=100)
     max_steps: int = field(default=1000, metadata={"help": "Optimizer steps, unless max_train_tokens is set."})
     max_train_tokens: int | None = field(default=None, metadata={"help": "Train on this many tokens (all ranks)."})
+    evaluate_first: bool = field(
+        default=False, metadata={"help": "Evaluate the starting model before the first step (logged as step 0)."}
+    )
     time_limit: float | None = field(
         default=None,
         metadata={"help": "Seconds after the start at which training stops early, checkpointed and exported."},
@@ -234,6 +260,13 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, train_
             raise FileNotFoundError(f"no model folder {model_args.init_from} to start from (--init_from)")
         with hub_access("model", model_args.init_from, "give a model folder to start from (--init_from)"):
             AutoConfig.from_pretrained(model_args.init_from)  # raises when there is no model there
+            check_new_composers(model_args)
+    elif model_args.add_composers or model_args.lora_rank or model_args.merge_lora:
+        raise ValueError("--add_composers, --lora_rank and --merge_lora fine-tune a model: give it with --init_from")
+    if model_args.lora_rank < 0:
+        raise ValueError(f"--lora_rank must be 0 (all weights) or a positive rank, got {model_args.lora_rank}")
+    if model_args.merge_lora and not model_args.lora_rank:
+        raise ValueError("--merge_lora merges LoRA adapters: give --lora_rank too")
     if model_args.tokenizer:
         MusicTokenizer.from_pretrained(model_args.tokenizer)  # a missing one fails here, not after the data
     for source in data_args.sources:
@@ -274,6 +307,17 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, train_
         )
 
 
+def check_new_composers(model_args: ModelArguments) -> None:
+    """`--add_composers` names new conditions: one the model knows already is refused."""
+    known = MusicTokenizer.from_pretrained(model_args.init_from)
+    for name in model_args.add_composers or ():
+        if known.condition_name(name) is not None:
+            raise ValueError(
+                f"{name!r} is a condition of {model_args.init_from} already: choose another name, or fine-tune "
+                "without --add_composers to train that condition on"
+            )
+
+
 def config_overrides(model_args: ModelArguments) -> dict:
     if not model_args.config_overrides:
         return {}
@@ -289,6 +333,7 @@ def load_tokenizer(accelerator: Accelerator, model_args: ModelArguments, data_ar
     if accelerator.is_main_process:
         name = model_args.init_from or model_args.tokenizer
         tokenizer = tokenizer_for(name, data_args.sources, model_args.bpe_vocab_size, model_args.bpe_max_files)
+        tokenizer.add_composers(model_args.add_composers or ())
         tokenizer.save_pretrained(output_dir)
     accelerator.wait_for_everyone()
     return MusicTokenizer.from_pretrained(output_dir)
@@ -353,13 +398,14 @@ def eval_batches(tokenizer, data_args: DataArguments, train_args: TrainArguments
     return batches, notes
 
 
-def identification_setup(tokenizer, data_args: DataArguments, config) -> tuple[list, list[str]]:
+def identification_setup(tokenizer, data_args: DataArguments, config, added: list[str]) -> tuple[list, list[str]]:
     """(windows, composers) of likelihood identification: the opening and middle windows of up to
-    `identification_max_pieces` validation pieces of each composer with enough training pieces."""
+    `identification_max_pieces` validation pieces of each composer with enough training pieces
+    and of the `added` ones (a fine-tuning's new conditions, however few their pieces)."""
     counts = tokenizer.training_pieces
-    composers = sorted(
-        name for name, n in counts.items() if n >= data_args.identification_min_files and name in tokenizer.composers
-    )
+    well_trained = {name for name, n in counts.items() if n >= data_args.identification_min_files}
+    new = {tokenizer.condition_name(name) for name in added}
+    composers = sorted(name for name in well_trained | new if name in tokenizer.composers)
     if len(composers) < 2:
         logger.info(
             "likelihood identification off: fewer than 2 composers with %d training pieces",
@@ -378,11 +424,17 @@ def identification_setup(tokenizer, data_args: DataArguments, config) -> tuple[l
 
 
 def build_model(model_args: ModelArguments, tokenizer: MusicTokenizer, overrides: dict) -> torch.nn.Module:
-    """A preset's fresh model, or the `--init_from` model in float32 (mixed precision is accelerate's)."""
+    """A preset's fresh model, or the `--init_from` model in float32 (mixed precision is accelerate's)
+    with rows for the added condition tokens, wrapped for LoRA when asked."""
     if not model_args.init_from:
         config = modeling.build_config(model_args.family, model_args.preset, tokenizer, **overrides)
         return AutoModelForCausalLM.from_config(config)
     model = AutoModelForCausalLM.from_pretrained(model_args.init_from, dtype=torch.float32, **overrides)
+    known = model.config.vocab_size
+    if model_args.add_composers and known < len(tokenizer):
+        add_condition_rows(model, len(tokenizer), range(tokenizer.base_vocab_size, known))
+    if model_args.lora_rank:
+        model = with_lora(model, model_args.lora_rank, model_args.lora_alpha, range(known, len(tokenizer)))
     if model.config.vocab_size != len(tokenizer):
         raise ValueError(
             f"{model_args.init_from} has {model.config.vocab_size} token embeddings for a {len(tokenizer)}-token "
@@ -408,9 +460,7 @@ def card_fields(
     parallel = accelerator.distributed_type.value
     base = f"{tokenizer.base_vocab_size:,} REMI" + (" and BPE" if tokenizer.base.is_trained else "")
     training = {
-        "start": f"`{model_args.init_from}`"
-        if model_args.init_from
-        else f"`{model_args.family}-{model_args.preset}` preset, random weights",
+        "start": start_description(model_args),
         "hardware": f"{processes} x {device}" + (f" ({parallel})" if processes > 1 else ""),
         "precision": {"no": "float32"}.get(accelerator.mixed_precision, accelerator.mixed_precision),
         "batch": (
@@ -444,13 +494,27 @@ def card_fields(
     }
 
 
+def start_description(model_args: ModelArguments) -> str:
+    """The model card's `start` row: the preset or the model fine-tuned, and how."""
+    if not model_args.init_from:
+        return f"`{model_args.family}-{model_args.preset}` preset, random weights"
+    parts = [f"`{model_args.init_from}`"]
+    if model_args.add_composers:
+        parts.append(f"new conditions {', '.join(model_args.add_composers)} (from the mean of its others)")
+    if model_args.lora_rank:
+        merged = ", merged into the weights" if model_args.merge_lora else ""
+        parts.append(f"LoRA adapters of rank {model_args.lora_rank} (peft){merged}, the rest frozen")
+    return "; ".join(parts)
+
+
 def build_optimizer(model: torch.nn.Module, train_args: TrainArguments) -> torch.optim.AdamW:
     groups = weight_decay_groups(model, train_args.weight_decay)
     return torch.optim.AdamW(groups, lr=train_args.learning_rate, betas=(0.9, train_args.adam_beta2))
 
 
-def export(accelerator, model, tokenizer, output_dir: Path, fields: dict) -> None:
-    """Model (safetensors + code + auto_map), pipeline code, tokenizer and model card into `output_dir`."""
+def export(accelerator, model, tokenizer, output_dir: Path, fields: dict, merge_lora: bool = False) -> None:
+    """Model (safetensors + code + auto_map), pipeline code, tokenizer and model card into `output_dir`;
+    of a LoRA run, its adapter (or with `merge_lora` a copy merged into a whole model)."""
     state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards
     unwrapped = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
@@ -459,11 +523,19 @@ def export(accelerator, model, tokenizer, output_dir: Path, fields: dict) -> Non
             unwrapped = AutoModelForCausalLM.from_config(unwrapped.config)
             unwrapped.load_state_dict(state_dict)
         tokenizer.save_pretrained(output_dir)  # first: the pipeline reads it
-        generator = modeling.MidiGenerationPipeline(
-            model=unwrapped, device=unwrapped.device, music_tokenizer=output_dir
-        )
-        generator.save_pretrained(output_dir, state_dict=state_dict)  # weights, model and pipeline code
-        model_card(unwrapped.config, tokenizer, **fields).save(output_dir / "README.md")
+        if isinstance(unwrapped, PeftModel) and not merge_lora:
+            base = fields["base_model"]
+            save_adapter(unwrapped, output_dir, str(Path(base).resolve()) if Path(base).is_dir() else base)
+            card = model_card(unwrapped.config, tokenizer, remote_code=False, adapter_of=base, **fields)
+        else:
+            if isinstance(unwrapped, PeftModel):  # a copy: training goes on with the adapter after a checkpoint
+                unwrapped, state_dict = copy.deepcopy(unwrapped).merge_and_unload(), None
+            generator = modeling.MidiGenerationPipeline(
+                model=unwrapped, device=unwrapped.device, music_tokenizer=output_dir
+            )
+            generator.save_pretrained(output_dir, state_dict=state_dict)  # weights, model and pipeline code
+            card = model_card(unwrapped.config, tokenizer, **fields)
+        card.save(output_dir / "README.md")  # after the adapter: peft writes a card of its own
     accelerator.wait_for_everyone()
 
 
@@ -516,7 +588,9 @@ def find_checkpoint(model_args: ModelArguments, train_args: TrainArguments) -> t
             logger.info("no checkpoint in %s yet: starting from scratch", output_dir)
     overrides = config_overrides(model_args)
     base = f"from {model_args.init_from}" if model_args.init_from else f"{model_args.family}-{model_args.preset}"
-    model_name = f"{base} {overrides or ''}".strip()
+    added = f"+ {', '.join(model_args.add_composers)}" if model_args.add_composers else ""
+    lora = f"LoRA rank {model_args.lora_rank}" if model_args.lora_rank else ""
+    model_name = " ".join(part for part in (base, added, lora, str(overrides or "")) if part)
     saved_model = read_trainer_state(checkpoint)["model"] if checkpoint else model_name
     if saved_model != model_name:
         raise ValueError(
@@ -526,16 +600,22 @@ def find_checkpoint(model_args: ModelArguments, train_args: TrainArguments) -> t
     return checkpoint, model_name, overrides
 
 
-def count_training_pieces(accelerator: Accelerator, tokenizer: MusicTokenizer, data_args: DataArguments) -> None:
+def count_training_pieces(
+    accelerator: Accelerator, tokenizer: MusicTokenizer, data_args: DataArguments, adding_to: str | None
+) -> None:
     """Build the missing token caches (the main process first, the others then open them) and
     record the training pieces of each composer in the tokenizer, which is saved with the model:
-    which composers it learned from much data."""
+    which composers it learned from much data (a model given new conditions, `adding_to`: that
+    model's pieces and these)."""
     cache_options = {"cached": data_args.token_cache, "cache_dir": data_args.cache_dir, "num_proc": data_args.num_proc}
     if data_args.token_cache:
         with accelerator.main_process_first():  # the others find them built, so only the main one rebuilds
             rebuild = data_args.rebuild_token_cache and accelerator.is_main_process
             build_caches(data_args.sources, tokenizer, data_args.cache_dir, data_args.num_proc, rebuild)
-    tokenizer.training_pieces = dict(composer_counts(data_args.sources, "train", tokenizer, **cache_options))
+    counts = composer_counts(data_args.sources, "train", tokenizer, **cache_options)
+    if adding_to:
+        counts += Counter(MusicTokenizer.from_pretrained(adding_to).training_pieces)
+    tokenizer.training_pieces = dict(counts)
 
 
 def training_length(data_args: DataArguments, train_args: TrainArguments, processes: int) -> tuple[int, int]:
@@ -619,8 +699,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     model = build_model(model_args, tokenizer, overrides)
     parameters = sum(p.numel() for p in model.parameters())
-    logger.info("%s: %.2fM parameters, vocabulary %d", model_name, parameters / 1e6, len(tokenizer))
-    count_training_pieces(accelerator, tokenizer, data_args)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info(
+        "%s: %.2fM parameters (%.2fM trained), vocabulary %d",
+        model_name,
+        parameters / 1e6,
+        trained / 1e6,
+        len(tokenizer),
+    )
+    adding_to = model_args.init_from if model_args.add_composers else None
+    count_training_pieces(accelerator, tokenizer, data_args, adding_to)
 
     # Optimizer and schedule; the scheduler is stepped by hand once per optimizer step (a prepared
     # scheduler steps once per process).
@@ -638,7 +726,9 @@ def main(argv: list[str] | None = None) -> None:
     # Data, not prepared: every process reads its own share (rank, world_size) and keeps its own position.
     loader = train_loader(tokenizer, data_args, train_args, accelerator)
     evaluation, notes = eval_batches(tokenizer, data_args, train_args, accelerator)
-    identification_set = identification_setup(tokenizer, data_args, accelerator.unwrap_model(model).config)
+    identification_set = identification_setup(
+        tokenizer, data_args, accelerator.unwrap_model(model).config, model_args.add_composers or []
+    )
 
     state = restore(accelerator, checkpoint, loader, {"tokens": 0, "step": 0, "seconds": 0.0, "model": model_name})
     start = state["step"]
@@ -651,6 +741,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     uploads = []
 
+    def run_validation(step: int) -> None:
+        batch_size = train_args.per_device_eval_batch_size
+        metrics = validate(model, tokenizer, evaluation, notes, identification_set, accelerator, batch_size)
+        log_metrics(accelerator, output_dir, step, {f"eval/{k}": v for k, v in metrics.items()})
+        logger.info("step %d: eval %s", step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "tokens"))
+        card["metrics"] = {k: v for k, v in metrics.items() if k != "tokens"}
+        card["evaluated_on"] = f"the validation split at step {step} ({metrics['tokens']:,} tokens, {notes:,} notes)"
+
     def checkpoint_and_export(step: int, final: bool) -> None:
         data_position = {"data": loader.state_dict()}
         limit = train_args.save_total_limit
@@ -659,7 +757,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         if train_args.export_at_checkpoints or final:
             card["training"]["training time"] = f"{state['seconds'] / 3600:.2f} h (steps, not evaluation)"
-            export(accelerator, model, tokenizer, output_dir, card | {"tokens_trained": state["tokens"]})
+            fields = card | {"tokens_trained": state["tokens"]}
+            export(accelerator, model, tokenizer, output_dir, fields, model_args.merge_lora)
             if train_args.push_to_hub and accelerator.is_main_process:
                 uploads.append(
                     push_folder(output_dir, train_args.hub_model_id, train_args.hub_private, f"step {step}")
@@ -673,6 +772,8 @@ def main(argv: list[str] | None = None) -> None:
     progress = tqdm(total=max_steps, initial=start, desc="training", disable=not accelerator.is_local_main_process)
     cause = 0
     running_loss, running_steps, running_seconds = torch.zeros((), device=accelerator.device), 0, 0.0
+    if train_args.evaluate_first and start == 0:
+        run_validation(0)
     model.train()
     for step in range(start + 1, max_steps + 1):
         started = time.perf_counter()
@@ -700,16 +801,7 @@ def main(argv: list[str] | None = None) -> None:
             log_metrics(accelerator, output_dir, step, values)
         # After a signal the job has seconds left: checkpoint and export without evaluating.
         if (train_args.eval_steps and step % train_args.eval_steps == 0) or (final and cause <= stop.TIME_LIMIT):
-            batch_size = train_args.per_device_eval_batch_size
-            metrics = validate(model, tokenizer, evaluation, notes, identification_set, accelerator, batch_size)
-            log_metrics(accelerator, output_dir, step, {f"eval/{k}": v for k, v in metrics.items()})
-            logger.info(
-                "step %d: eval %s", step, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "tokens")
-            )
-            card["metrics"] = {k: v for k, v in metrics.items() if k != "tokens"}
-            card["evaluated_on"] = (
-                f"the validation split at step {step} ({metrics['tokens']:,} tokens, {notes:,} notes)"
-            )
+            run_validation(step)
         if (train_args.save_steps and step % train_args.save_steps == 0) or final:
             if cause:
                 state["stopped_by"] = f"{stop.describe(cause)} at step {step} of {max_steps}"

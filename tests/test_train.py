@@ -265,6 +265,9 @@ def test_resume_goes_on_from_the_newest_whole_checkpoint(two_process_run, tmp_pa
         (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be a positive number, got 0"),
         (["--condition_dropout", "1.5"], "--condition_dropout is a probability, got 1.5"),
         (["--time_limit", "0"], "--time_limit is a number of seconds above 0, got 0"),
+        (["--lora_rank", "8"], "fine-tune a model: give it with --init_from"),
+        (["--init_from", "modeling/pretrained/gpt2-small-classical", "--add_composers", "Bach"], "already"),
+        (["--init_from", "modeling/pretrained/gpt2-small-classical", "--merge_lora"], "give --lora_rank too"),
     ],
 )
 def test_bad_arguments_fail_at_start_with_a_clear_message(argv, message, capsys, monkeypatch):
