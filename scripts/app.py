@@ -6,9 +6,9 @@
 
 Choose a model (a bundled one, a folder, a Hub repo id), a composer from that model's own
 list, the length and the sampling settings, optionally a MIDI file to continue; the piano roll
-grows while the model writes, then the page plays the audio and offers the `.mid` (and, where music21 is installed, the
-MusicXML score). Each call
-runs in Gradio's queue with its own files, so users at once never see each other's pieces.
+grows while the model writes, then the page plays the audio and offers the `.mid` (and, where
+music21 is installed, the MusicXML score). Each call runs in Gradio's queue with its own files,
+so users at once never see each other's pieces.
 On a Hugging Face Space, this repository with `app_file: scripts/app.py` in its README runs it.
 """
 

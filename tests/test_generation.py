@@ -1,5 +1,6 @@
 """The midi-generation pipeline and scripts/generate.py, on tiny untrained models of each family."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -176,6 +177,13 @@ def test_bad_inputs_say_what_is_wrong(generators, folders, tmp_path):
         generator(composer="Bach", prompt=os.urandom(200), max_new_tokens=4)
     with pytest.raises(ValueError, match="the prompt is not a readable MIDI file"):
         generator(composer="Bach", prompt=tmp_path / "missing.mid", max_new_tokens=4)
+    real_find_spec = importlib.util.find_spec
+    with pytest.MonkeyPatch.context() as patch:  # a machine without the [score] extra: refused before sampling
+        patch.setattr(
+            importlib.util, "find_spec", lambda name, *a: None if name == "music21" else real_find_spec(name, *a)
+        )
+        with pytest.raises(ImportError, match='pip install "midi-lm\\[score\\]"'):
+            generator(composer="Bach", max_new_tokens=4, musicxml=True)
     lonely = tmp_path / "no-tokenizer"
     AutoModelForCausalLM.from_pretrained(folders["mamba"]).save_pretrained(lonely)
     with pytest.raises(FileNotFoundError, match=f"looked for tokenizer.json and music_tokenizer.json in {lonely}"):
@@ -244,6 +252,7 @@ def test_cli_writes_a_file_per_composer_and_sample(family, folders, tmp_path, ca
         (["--length", "0"], "positive"),
         (["--top-p", "2"], "top_p is a probability mass in (0, 1] (2.0)"),
         (["--top-k", "-1"], "top_k a count >= 0 (-1)"),
+        (["--format", "pdf"], "--format pdf: choose mid or musicxml"),
     ],
 )
 def test_cli_bad_arguments_fail_with_one_line(argv, message, folders, capsys):
