@@ -120,7 +120,7 @@ def summary(output_dir: Path, seconds: float) -> dict:
     evaluations = [line for line in lines if "eval/bits_per_token" in line]
     keys = ("bits_per_token", "identification_opening", "identification_middle", "identification_chance")
     before, after = ({k: e.get(f"eval/{k}") for k in keys} for e in (evaluations[0], evaluations[-1]))
-    weights = [p for p in output_dir.glob("*.safetensors")]
+    weights = list(output_dir.glob("*.safetensors"))
     return {
         "before": before,
         "after": after,

@@ -26,7 +26,8 @@ def bases(tmp_path_factory, tokenizer) -> dict[str, Path]:
     """A tiny random model of each family with the bundled tokenizer, which records many training
     pieces for two composers (the conditions a fine-tuning's new one is identified against)."""
     folder = tmp_path_factory.mktemp("bases")
-    saved = MusicTokenizer.from_pretrained(_saved(tokenizer, folder / "tokenizer"))
+    tokenizer.save_pretrained(folder / "tokenizer")  # a copy: the session's tokenizer stays as it is
+    saved = MusicTokenizer.from_pretrained(folder / "tokenizer")
     saved.training_pieces = {"bach": 300, "chopin": 120, "mozart": 3}
     found = {}
     for family in modeling.FAMILIES:
@@ -36,11 +37,6 @@ def bases(tmp_path_factory, tokenizer) -> dict[str, Path]:
         saved.save_pretrained(folder / family)
         found[family] = folder / family
     return found
-
-
-def _saved(tokenizer: MusicTokenizer, folder: Path) -> Path:
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture
