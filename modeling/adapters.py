@@ -20,15 +20,15 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.utils import cached_file
 
+from .pipeline_midi_generation import CONDITIONS_FILE  # the tokenizer's condition tokens: its vocabulary's size
+
 ADAPTER_CONFIG = "adapter_config.json"
-CONDITIONS_FILE = "music_tokenizer.json"  # the tokenizer's condition tokens: the vocabulary's size
 # The projections of each family's blocks (not the embeddings, norms, gates or the head).
 LORA_TARGETS = {
     "gpt2": ["c_attn", "c_proj", "c_fc"],
     "music_mamba": ["in_proj", "out_proj"],
     "music_xlstm": ["q", "k", "v", "out_proj", "proj_up_gate", "proj_up", "proj_down"],
 }
-PEFT_INSTEAD = 'install peft (pip install peft, or pip install -e ".")'
 
 
 def adapter_config(name_or_path: str | Path) -> dict | None:
@@ -68,11 +68,11 @@ def with_lora(
     return get_peft_model(model, config)
 
 
-def save_adapter(model: torch.nn.Module, folder: str | Path, base: str, state_dict: dict | None = None) -> None:
+def save_adapter(model: torch.nn.Module, folder: str | Path, base: str) -> None:
     """Write a peft model's adapter to `folder` with `base` as its base model. The embedding
     matrices are left out: the base has them, and the added rows are part of the adapter."""
     model.peft_config["default"].base_model_name_or_path = base
-    model.save_pretrained(folder, state_dict=state_dict, save_embedding_layers=False)
+    model.save_pretrained(folder, save_embedding_layers=False)
 
 
 def load_model(name_or_path: str | Path, **kwargs) -> PreTrainedModel:
@@ -85,7 +85,7 @@ def load_model(name_or_path: str | Path, **kwargs) -> PreTrainedModel:
     try:
         from peft import PeftModel
     except ImportError:
-        raise ImportError(f"{name_or_path} holds a LoRA adapter, which needs peft: {PEFT_INSTEAD}") from None
+        raise ImportError(f"{name_or_path} holds a LoRA adapter, which needs peft: pip install peft") from None
     base = config["base_model_name_or_path"]
     if Path(base).is_absolute() and not Path(base).is_dir():
         raise FileNotFoundError(
