@@ -160,6 +160,14 @@ def eval_results(metrics: dict, dataset: str, split: str) -> list[EvalResult] | 
     return results or None
 
 
+def data_scope(sources: list[str], base_model: str | None) -> str:
+    """What the model learned from: its sources, after what its start model learned from."""
+    names = ", ".join(f"`{source}`" for source in sources)
+    if base_model:
+        return f"it learned from what `{base_model}` learned from, then from {names}."
+    return f"it learned only from {names}."
+
+
 def model_card(
     config: PreTrainedConfig,
     tokenizer: MusicTokenizer,
@@ -214,7 +222,7 @@ def model_card(
         well_represented=sum(pieces.get(name, 0) >= WELL_TRAINED for name in composers),
         well_trained=WELL_TRAINED,
         condition_count=len(composers),
-        data_scope=f"it learned only from {', '.join(f'`{source}`' for source in sources)}.",
+        data_scope=data_scope(sources, base_model),
         remote_code=remote_code,
         adapter_of=adapter_of,
         extra_packages=EXTRA_PACKAGES.get(config.model_type, ""),

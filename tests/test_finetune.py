@@ -139,7 +139,8 @@ def test_finetune_writes_an_adapter_that_generate_loads(family, bases, three_fil
     assert report["after"]["identification_chance"] == pytest.approx(1 / 3)  # bach, chopin, my_style
     assert report["weights_mb"] < 0.5 * (bases[family] / "model.safetensors").stat().st_size / 1e6
     assert not (output_dir / "model.safetensors").exists() and (output_dir / "adapter_config.json").is_file()
-    assert "LoRA adapters of rank 8" in (output_dir / "README.md").read_text()
+    card = (output_dir / "README.md").read_text()
+    assert "LoRA adapters of rank 8" in card and f"it learned from what `{bases[family]}` learned from, then" in card
     assert (
         "held-out bits per token:" in result.stdout and "'My Style' named by likelihood (chance 0.33)" in result.stdout
     )
