@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import importlib.util
 import io
 import math
 from dataclasses import dataclass, field
@@ -91,6 +92,11 @@ def score_to_musicxml(score: symusic.Score, grid: int) -> bytes:
         part.id = f"P{index + 1}"
         result.insert(0, part)
     return _export(music21, result)
+
+
+def music21_available() -> bool:
+    """Whether MusicXML can be written here: the callers ask before any slow work, not after it."""
+    return importlib.util.find_spec("music21") is not None
 
 
 def _import_music21() -> Any:

@@ -16,7 +16,6 @@ receives the tokens as they are sampled and hands out the notes they complete.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import queue
 import re
@@ -45,7 +44,7 @@ from transformers import (
 from transformers.cache_utils import DynamicLayer
 from transformers.utils import cached_file
 
-from .musicxml import MISSING_MUSIC21, score_to_musicxml
+from .musicxml import MISSING_MUSIC21, music21_available, score_to_musicxml
 
 MIDI_FILE = "tokenizer.json"
 CONDITIONS_FILE = "music_tokenizer.json"
@@ -414,7 +413,7 @@ class MidiGenerationPipeline(Pipeline):
             "streamer": streamer,
             "static_cache": static_cache,
         }
-        if musicxml and importlib.util.find_spec("music21") is None:  # before sampling, not after
+        if musicxml and not music21_available():  # before sampling, not after
             raise ImportError(MISSING_MUSIC21)
         postprocess = {} if musicxml is None else {"musicxml": musicxml}
         return preprocess, {k: v for k, v in given.items() if v is not None}, postprocess

@@ -15,7 +15,6 @@ On a Hugging Face Space, this repository with `app_file: scripts/app.py` in its 
 from __future__ import annotations
 
 import functools
-import importlib.util
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from allocator import limit_arenas
 from command_line import CommandParser
 from evaluation.rendering import find_soundfont, piano_roll, write_wav
 from modeling.catalog import available_models, default_model, resolve_model
+from modeling.musicxml import music21_available
 from modeling.pipeline_midi_generation import read_prompt
 
 # symusic's synthesizer renders every track over the whole piece: an untrained model's 107
@@ -39,7 +39,7 @@ MAX_TRACK_SECONDS = 7200
 MAX_LENGTH = 2048  # tokens of a piece
 MAX_UPLOAD = "5mb"  # a MIDI file to continue: more than any piece of the classical set or Lakh
 MAX_PROMPT_NOTES = 10_000  # its notes: a long piano piece has a few thousand
-SCORES = importlib.util.find_spec("music21") is not None  # MusicXML downloads (the [score] extra)
+SCORES = music21_available()  # MusicXML downloads (the [score] extra)
 
 
 @dataclass

@@ -18,7 +18,6 @@ a model folder here too.
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from command_line import CommandParser
 from evaluation.rendering import find_soundfont, piano_roll, write_wav
 from model_cards import WELL_TRAINED
 from modeling.catalog import resolve_model
-from modeling.musicxml import MISSING_MUSIC21
+from modeling.musicxml import MISSING_MUSIC21, music21_available
 from modeling.pipeline_midi_generation import MusicVocabulary
 from tokenization.hub import hub_access
 
@@ -105,7 +104,7 @@ def check(args: Arguments, composers: list[str]) -> None:
         raise ValueError(f"--render {args.render}: only wav is supported")
     if args.format not in ("mid", "musicxml"):
         raise ValueError(f"--format {args.format}: choose mid or musicxml")
-    if args.format == "musicxml" and importlib.util.find_spec("music21") is None:
+    if args.format == "musicxml" and not music21_available():
         raise ValueError(MISSING_MUSIC21)
 
 
