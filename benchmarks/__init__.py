@@ -5,6 +5,7 @@
 - `pipeline`: `pipeline("midi-generation")` per family, batch and length, each case in its own
   process (CPU time, memory), beside another checkout's code if asked; and real time.
 - `app`: the web app under load (several users composing at once) and given bad uploads.
+- `archive`: a MidiCaps-layout archive streamed in one pass against a loose folder of the same files.
 
 Each module holds its `Arguments` (a dataclass for `HfArgumentParser`) and `run(args) -> dict`,
 and imports only what it measures, so `models` runs where the data libraries are not installed
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-BENCHMARKS = ("data", "models", "pipeline", "app")
+BENCHMARKS = ("data", "models", "pipeline", "app", "archive")
 
 
 def synchronize(device: torch.device) -> None:

@@ -17,7 +17,7 @@ import symusic
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from tokenization.blocks import PREFIX, BlockCollator, as_piece
+from tokenization.blocks import BlockCollator, as_piece
 from tokenization.composers import UNKNOWN
 from tokenization.tokenizer import MusicTokenizer
 
@@ -47,7 +47,7 @@ def same_vocabulary(first: MusicTokenizer, second: MusicTokenizer) -> bool:
 
 def music_ids(tokenizer: MusicTokenizer, score: symusic.Score) -> list[int]:
     """The music tokens of a score, without its frame (BOS, condition, EOS)."""
-    return tokenizer.encode(score)[PREFIX:-1]
+    return tokenizer.encode(score)[tokenizer.prefix_length : -1]
 
 
 def labelled_pieces(
@@ -72,7 +72,7 @@ def labelled_pieces(
         piece = as_piece(tokenizer, row, skipped)
         if piece is None:
             continue
-        music = list(piece["ids"][PREFIX:-1])
+        music = list(piece["ids"][tokenizer.prefix_length : -1])
         if len(music) < MIN_MUSIC_TOKENS:
             skipped["too short to classify"] += 1
             continue
@@ -82,7 +82,7 @@ def labelled_pieces(
 
 
 def frame(tokenizer: MusicTokenizer, music: list[int]) -> list[int]:
-    return [tokenizer.bos_token_id, tokenizer.composer_token_id(None), *music]
+    return [*tokenizer.prefix_ids(), *music]
 
 
 def evaluation_windows(

@@ -49,7 +49,13 @@ class EvaluatedModel(Protocol):
     def likelihood(self, rows: list[dict], block_size: int, batch_size: int) -> dict: ...
 
     def identification(
-        self, pieces: list[dict], composers: list[str], judge: Judge, tokens: int, batch_size: int
+        self,
+        pieces: list[dict],
+        composers: list[str],
+        judge: Judge | None,
+        tokens: int,
+        batch_size: int,
+        kind: str = "composer",
     ) -> dict | None: ...
 
     def generate(
@@ -111,15 +117,22 @@ class LanguageModelEvaluated:
         return evaluate(self.model, batches, None, notes) | {"notes": notes}
 
     def identification(
-        self, pieces: list[dict], composers: list[str], judge: Judge, tokens: int, batch_size: int
+        self,
+        pieces: list[dict],
+        composers: list[str],
+        judge: Judge | None,
+        tokens: int,
+        batch_size: int,
+        kind: str = "composer",
     ) -> dict:
-        """Likelihood identification on the opening and middle windows of the test pieces, with
-        bootstrap intervals and the classifier's accuracy on the same windows (on their first
-        `window_tokens`, the length it was trained on; only when it shares the model's
-        vocabulary)."""
-        windows = identification_windows(pieces, composers, window_tokens(self.model.config, tokens))
-        found = identification(self.model, self.tokenizer, windows, composers, batch_size)
-        ranked = judge.rank([w.music for w in windows]) if judge.shared else None
+        """Likelihood identification of `kind` (candidates `composers`) on the opening and middle
+        windows of the test pieces, with bootstrap intervals and the classifier's accuracy on the
+        same windows (on their first `window_tokens`, the length it was trained on; only with a
+        judge that shares the model's vocabulary)."""
+        length = window_tokens(self.model.config, tokens, self.tokenizer)
+        windows = identification_windows(pieces, composers, length, self.tokenizer, kind)
+        found = identification(self.model, self.tokenizer, windows, composers, batch_size, kind=kind)
+        ranked = judge.rank([w.music for w in windows]) if judge is not None and judge.shared else None
         for position in POSITIONS:
             if position not in found:
                 continue
@@ -168,21 +181,23 @@ class NGramEvaluated:
         return nll_summary(nll, count, notes) | {"notes": notes}
 
     def identification(
-        self, pieces: list[dict], composers: list[str], judge: Judge, tokens: int, batch_size: int
+        self,
+        pieces: list[dict],
+        composers: list[str],
+        judge: Judge | None,
+        tokens: int,
+        batch_size: int,
+        kind: str = "composer",
     ) -> None:
         return None
 
     def generate(
         self, composers: list[str], num_samples: int, length: int, top_p: float, guidance_scale: float, seed: int
     ) -> list[list[int]]:
-        prompts = [
-            [self.tokenizer.bos_token_id, self.tokenizer.composer_token_id(c)]
-            for c in composers
-            for _ in range(num_samples)
-        ]
+        prompts = [self.tokenizer.prefix_ids({"composer": c}) for c in composers for _ in range(num_samples)]
         processors = LogitsProcessorList(
             [
-                MinNewTokensLengthLogitsProcessor(2, length, self.tokenizer.eos_token_id),
+                MinNewTokensLengthLogitsProcessor(self.tokenizer.prefix_length, length, self.tokenizer.eos_token_id),
                 GrammarLogitsProcessor(self.tokenizer.grammar().to_dict()),
                 TopPLogitsWarper(top_p),
             ]

@@ -1,4 +1,4 @@
-"""Likelihood identification: does a model follow the composer it is given?
+"""Likelihood identification: does a model follow the composer (or genre, ...) it is given?
 
 For a held-out window of music by composer c, the model reads the window once after each
 candidate composer's prefix `BOS, Composer_k` (one batched forward per candidate), and the
@@ -8,6 +8,9 @@ windows: mean accuracy per composer = chance. One that uses it names c. The cond
 is what the true prefix saves, in bits per window, over `Composer_Unknown` (what the
 condition adds to the unconditional model that guidance pushes away from) and over a wrong
 composer (the mean over the other candidates).
+
+Any condition kind is identified the same way (`kind="genre"`): only that kind's token in the
+piece's own prefix changes, the piece's other conditions stay as they are.
 
 Windows are read where the model is asked to continue from a prefix: the opening of each
 held-out piece (generation starts there) and its middle (training blocks and GPT-2's
@@ -25,7 +28,7 @@ import torch
 from accelerate import Accelerator
 
 from tokenization import BlockCollator, MusicTokenizer
-from tokenization.blocks import IGNORE, PREFIX
+from tokenization.blocks import IGNORE
 
 from .likelihood import token_nll
 
@@ -36,30 +39,56 @@ MIN_TOKENS = 16  # shorter windows say too little about their composer
 @dataclass(frozen=True)
 class Window:
     music: list[int]  # music tokens, without prefix or EOS
-    composer: str
+    label: str  # the piece's value of the identified kind
     path: str
     position: str  # "opening" or "middle"
+    prefix: tuple[int, ...]  # the piece's BOS and condition tokens
 
 
-def window_tokens(config, length: int) -> int:
+def window_tokens(config, length: int, tokenizer: MusicTokenizer) -> int:
     """`length`, or less where the model has fewer positions (GPT-2) for the prefix and the window."""
-    return min(length, getattr(config, "n_positions", length + PREFIX) - PREFIX)
+    prefix = tokenizer.prefix_length
+    return min(length, getattr(config, "n_positions", length + prefix) - prefix)
 
 
-def identification_windows(pieces: Iterable[dict], composers: Iterable[str], length: int) -> list[Window]:
-    """The opening window of every piece of `composers` and, where the piece holds two windows'
-    worth, the window centred in it (in a piece shorter than three windows the two share
-    music, each scored from its own start)."""
-    wanted = set(composers)
+def piece_label(piece: dict, tokenizer: MusicTokenizer, kind: str) -> str:
+    """A piece's value of `kind`: its composer as its source named it, another kind as its prefix says."""
+    return piece["composer"] if kind == "composer" else tokenizer.piece_conditions(piece["ids"])[kind]
+
+
+def condition_candidates(pieces: Iterable[dict], tokenizer: MusicTokenizer, kind: str) -> list[str]:
+    """The values of `kind` that the tokenizer knows and some of `pieces` carry: the candidates of
+    identifying `kind` on them (an error naming the kinds there are, for a kind the tokenizer has
+    not; fewer than 2 is an error too)."""
+    if kind not in tokenizer.kinds:
+        raise ValueError(f"the model has no {kind} condition to identify: it has {', '.join(tokenizer.kinds)}")
+    found = {piece_label(piece, tokenizer, kind) for piece in pieces}
+    values = [value for value in tokenizer.values(kind) if value in found]
+    if len(values) < 2:
+        raise ValueError(
+            f"identifying the {kind} needs pieces of 2 {kind} values the model knows; these pieces have "
+            f"{', '.join(values) or 'none'}: give test data with more of them"
+        )
+    return values
+
+
+def identification_windows(
+    pieces: Iterable[dict], labels: Iterable[str], length: int, tokenizer: MusicTokenizer, kind: str = "composer"
+) -> list[Window]:
+    """The opening window of every piece whose `kind` is one of `labels` and, where the piece
+    holds two windows' worth, the window centred in it (in a piece shorter than three windows
+    the two share music, each scored from its own start)."""
+    wanted, prefix = set(labels), tokenizer.prefix_length
     windows = []
     for piece in pieces:
-        music = list(piece["ids"][PREFIX:-1])
-        if piece["composer"] not in wanted or len(music) < MIN_TOKENS:
+        music, label = list(piece["ids"][prefix:-1]), piece_label(piece, tokenizer, kind)
+        if label not in wanted or len(music) < MIN_TOKENS:
             continue
-        windows.append(Window(music[:length], piece["composer"], piece["path"], "opening"))
+        head = tuple(piece["ids"][:prefix])
+        windows.append(Window(music[:length], label, piece["path"], "opening", head))
         if len(music) >= 2 * length:
             start = (len(music) - length) // 2
-            windows.append(Window(music[start : start + length], piece["composer"], piece["path"], "middle"))
+            windows.append(Window(music[start : start + length], label, piece["path"], "middle", head))
     return windows
 
 
@@ -71,8 +100,10 @@ def condition_nll(
     tokenizer: MusicTokenizer,
     batch_size: int = 8,
     accelerator: Accelerator | None = None,
+    slot: int = 1,
 ) -> np.ndarray:
-    """Nats of each window's music after each condition's prefix, `[windows, conditions]`.
+    """Nats of each window's music after its prefix with each condition in position `slot`,
+    `[windows, conditions]`.
 
     With an `accelerator`, every process reads an equal slice of the windows (padded by
     repeating windows in order, so all run the same forwards, as FSDP needs) and the slices
@@ -92,7 +123,10 @@ def condition_nll(
     scores = torch.zeros(len(mine), len(condition_ids), dtype=torch.float64, device=device)
     for column, condition in enumerate(condition_ids):
         rows = [
-            {"input_ids": [tokenizer.bos_token_id, condition, *w.music], "labels": [IGNORE] * PREFIX + w.music}
+            {
+                "input_ids": [*w.prefix[:slot], condition, *w.prefix[slot + 1 :], *w.music],
+                "labels": [IGNORE] * len(w.prefix) + w.music,
+            }
             for w in mine
         ]
         nll = [
@@ -113,18 +147,21 @@ def identification(
     composers: list[str],
     batch_size: int = 8,
     accelerator: Accelerator | None = None,
+    kind: str = "composer",
 ) -> dict:
-    """Accuracy (mean per composer), chance and condition gains per window position.
+    """Accuracy (mean per candidate), chance and condition gains per window position, for the
+    candidate values `composers` of `kind` (composers, or genres, ...).
 
-    Per position: `accuracy` (and `per_composer`), `gain_over_unknown` and
+    Per position: `accuracy` (and `per_composer`, per candidate), `gain_over_unknown` and
     `gain_over_wrong` in bits per window (mean) and per token, `windows`, and per window
-    the composer named (`named`), for bootstrap intervals.
+    the candidate named (`named`), for bootstrap intervals.
     """
     if len(composers) < 2:
-        raise ValueError(f"identification needs at least 2 candidate composers, got {composers}")
-    conditions = [tokenizer.composer_token_id(c) for c in composers] + [tokenizer.composer_token_id(None)]
-    nll = condition_nll(model, windows, conditions, tokenizer, batch_size, accelerator) / math.log(2)
-    results = {"composers": composers, "chance": 1 / len(composers)}
+        raise ValueError(f"identification needs at least 2 candidate values of {kind}, got {composers}")
+    conditions = [tokenizer.condition_id(kind, c) for c in composers] + [tokenizer.condition_id(kind, None)]
+    slot = 1 + tokenizer.kinds.index(kind)
+    nll = condition_nll(model, windows, conditions, tokenizer, batch_size, accelerator, slot) / math.log(2)
+    results = {"kind": kind, "composers": composers, "chance": 1 / len(composers)}
     for position in POSITIONS:
         rows = [i for i, w in enumerate(windows) if w.position == position]
         if rows:
@@ -134,7 +171,7 @@ def identification(
 
 def position_summary(windows: list[Window], bits: np.ndarray, composers: list[str]) -> dict:
     """What `identification` reports for the windows of one position (`bits`: `[windows, composers + 1]`)."""
-    truth = np.array([composers.index(w.composer) for w in windows])
+    truth = np.array([composers.index(w.label) for w in windows])
     named = bits[:, : len(composers)].argmin(axis=1)
     rows = np.arange(len(windows))
     true_bits = bits[rows, truth]
@@ -154,7 +191,7 @@ def position_summary(windows: list[Window], bits: np.ndarray, composers: list[st
         },
         "windows": len(windows),
         "named": [composers[k] for k in named],
-        "truth": [w.composer for w in windows],
+        "truth": [w.label for w in windows],
     }
 
 

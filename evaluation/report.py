@@ -46,6 +46,7 @@ def report(results: dict, plots: list[Path]) -> str:
         f"**{nll['bits_per_token']:.3f} bits/token, {nll['bits_per_note']:.2f} bits/note**.",
         "",
         *identification_report(results["identification"]),
+        *(line for found in results.get("identification_of", {}).values() for line in identification_report(found)),
         "## Composer classifier (top-1 / top-3 of the requested composer)",
         "",
         "| composer | real | " + " | ".join(f"guidance {r['guidance_scale']:g}" for r in results["runs"]) + " |",
@@ -75,8 +76,9 @@ def identification_report(found: dict | None) -> list[str]:
     """The markdown section of likelihood identification (none for an n-gram)."""
     if found is None:
         return []
+    kind = found.get("kind", "composer")
     lines = [
-        f"## Likelihood identification (mean per composer over {len(found['composers'])} composers; "
+        f"## Likelihood identification of the {kind} (mean per {kind} over {len(found['composers'])} values; "
         f"chance {found['chance']:.3f})",
         "",
         "| window | accuracy | 95 % interval | classifier, same windows | gain over Unknown | gain over wrong "

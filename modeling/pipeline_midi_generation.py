@@ -1,4 +1,5 @@
-"""The `midi-generation` pipeline: composer-conditioned MIDI from any causal LM over our tokens.
+"""The `midi-generation` pipeline: MIDI from any causal LM over our tokens, conditioned on a
+composer and, for a model trained with them, a genre, a tempo and a mode.
 
 This file ships beside exported models as Hub remote code, so it uses only torch,
 transformers, miditok and symusic. It reads the music tokenizer saved beside the model:
@@ -131,6 +132,8 @@ class MusicVocabulary:
     """The saved music tokenizer, read with miditok alone: condition ids, grammar, MIDI <-> ids."""
 
     def __init__(self, name_or_path: str) -> None:
+        """Condition kinds and their prefixes come from the file; one saved before there were
+        several kinds holds only `Composer_` tokens."""
         files = {}
         for name in (MIDI_FILE, CONDITIONS_FILE):
             files[name] = cached_file(name_or_path, name, _raise_exceptions_for_missing_entries=False)
@@ -148,37 +151,58 @@ class MusicVocabulary:
         self.eos_token_id = description["eos_token_id"]
         self.pad_token_id = description["pad_token_id"]
         self.grammar = description["grammar"]
-        prefix = "Composer_"
-        self.conditions = {token.removeprefix(prefix): i for token, i in description["condition_tokens"].items()}
+        prefixes = description.get("condition_kinds", {"composer": "Composer_"})
+        self.kinds = list(prefixes)  # in the order their tokens follow BOS
+        self.conditions: dict[str, dict[str, int]] = {kind: {} for kind in self.kinds}  # kind -> name -> id
+        for token, i in description["condition_tokens"].items():
+            kind = next(kind for kind, prefix in prefixes.items() if token.startswith(prefix))
+            self.conditions[kind][token.removeprefix(prefixes[kind])] = i
         self.unknown = description["unknown_composer"]
+        self.tempo_buckets: dict[str, float | None] = description.get("tempo_buckets", {})
         self.training_pieces: dict[str, int] = description.get("training_pieces", {})  # per composer, if recorded
-        self._lookup = {name_key(name): name for name in self.conditions}
+        self._lookup = {kind: {name_key(name): name for name in names} for kind, names in self.conditions.items()}
         for alias, name in description["composer_aliases"].items():
-            if name in self.conditions:
-                self._lookup.setdefault(name_key(alias), name)
-        self.music_size = min(self.conditions.values())  # ids below are miditok's
+            if name in self.conditions["composer"]:
+                self._lookup["composer"].setdefault(name_key(alias), name)
+        self.music_size = min(i for names in self.conditions.values() for i in names.values())  # below: miditok's
         marker = self.base.vocab_model.get(WORD_MARKER) if self.base.is_trained else None
         self._skipped = {self.bos_token_id, self.eos_token_id, self.pad_token_id, marker}
 
     @property
     def composers(self) -> list[str]:
-        return [name for name in self.conditions if name != self.unknown]
+        return self.values("composer")
+
+    def values(self, kind: str) -> list[str]:
+        """The values of a condition kind the model knows (not `Unknown`)."""
+        return [name for name in self.conditions.get(kind, {}) if name != self.unknown]
 
     def most_trained(self) -> list[str]:
         """The composers, those with the most training pieces first (the ones worth asking for)."""
         return sorted(self.composers, key=lambda name: (-self.training_pieces.get(name, 0), name))
 
-    def condition_id(self, composer: str | None) -> int:
-        """Id of a composer's condition token (None: unconditional); an unknown name is an error."""
-        if not composer:
-            return self.conditions[self.unknown]
-        name = self._lookup.get(name_key(composer))
+    def condition_id(self, kind: str, value: str | float | None) -> int:
+        """Id of a condition token (None: that condition left open; a tempo may be in beats per
+        minute); an unknown value, or a kind the model was not trained with, is an error."""
+        if kind not in self.conditions:
+            raise ValueError(f"this model has no {kind} condition: it was trained with {', '.join(self.kinds)}")
+        if isinstance(value, (int, float)) and kind == "tempo" and self.tempo_buckets:
+            value = next(name for name, bound in self.tempo_buckets.items() if bound is None or value < bound)
+        if value is None or value == "":
+            return self.conditions[kind][self.unknown]
+        name = self._lookup[kind].get(name_key(str(value)))
         if name is None:
             raise ValueError(
-                f"unknown composer {composer!r}: this model knows {', '.join(self.composers) or 'none'} "
-                f"(or None or {self.unknown!r} for no composer)"
+                f"unknown {kind} {value!r}: this model knows {', '.join(self.values(kind)) or 'none'} "
+                f"(or None or {self.unknown!r} for no {kind})"
             )
-        return self.conditions[name]
+        return self.conditions[kind][name]
+
+    def prefix(self, conditions: dict[str, str | float | None]) -> list[int]:
+        """BOS and the condition tokens of `conditions` (kind -> value, a kind left out is open)."""
+        for kind, value in conditions.items():
+            if value is not None and kind not in self.conditions:
+                self.condition_id(kind, value)  # raises: the model has no such condition
+        return [self.bos_token_id, *(self.condition_id(kind, conditions.get(kind)) for kind in self.kinds)]
 
     def encode(self, score: symusic.Score) -> list[int]:
         return [i for i in self.base.encode(score).ids if i not in self._skipped]
@@ -336,8 +360,11 @@ class MidiGenerationPipeline(Pipeline):
     [piece] = generator(composer="Bach", max_new_tokens=1000, seed=0)
     open("bach.mid", "wb").write(piece["midi"])
     ```
-    Each result holds `score` (symusic Score), `midi` (bytes), `tokens` (ids: BOS, the
-    composer's condition token, the prompt's tokens, then the new ones), `composer`,
+    A model trained with more conditions (MidiCaps' genres, tempo buckets, modes) takes any
+    subset of them: `generator(genre="jazz", tempo="fast")`, a tempo also in beats per minute;
+    a condition left out is open. Each result holds `score` (symusic Score), `midi` (bytes),
+    `tokens` (ids: BOS, the condition tokens, the prompt's tokens, then the new ones),
+    `composer`, `conditions` (every condition asked for, by kind),
     `new_tokens` (how many were generated) and `seconds` (of music), and with `musicxml=True`
     `musicxml` (bytes: the score for MuseScore or Sibelius, on the tokenizer's grid; needs
     music21); a prompt's own notes are part of the score. A call generates `max_new_tokens`
@@ -371,14 +398,25 @@ class MidiGenerationPipeline(Pipeline):
             task["pt"] = ("AutoModelForCausalLM",)
         self.model.config.save_pretrained(save_directory)
 
-    def __call__(self, composer: str | list[str] | None = None, **kwargs) -> list[dict[str, Any]]:
-        """`composer`: a name, a list of names (one batch), or None (no composer)."""
+    def __call__(
+        self,
+        composer: str | list[str] | None = None,
+        *,
+        genre: str | None = None,
+        tempo: str | float | None = None,
+        mode: str | None = None,
+        **kwargs,
+    ) -> list[dict[str, Any]]:
+        """`composer`: a name, a list of names (one batch), or None (no composer); `genre`,
+        `tempo`, `mode`: one value each for every row, or None (open)."""
         composers = composer if isinstance(composer, (list, tuple)) else [composer]
         if not composers:
             raise ValueError("composer=[]: give a name, a list of names, or None (no composer)")
+        others = {kind: value for kind, value in (("genre", genre), ("tempo", tempo), ("mode", mode)) if value}
+        inputs = {"composers": list(composers), "conditions": others, "prompt": kwargs.pop("prompt", None)}
         streamer = kwargs.get("streamer")
         try:
-            return super().__call__({"composers": list(composers), "prompt": kwargs.pop("prompt", None)}, **kwargs)
+            return super().__call__(inputs, **kwargs)
         finally:  # however the call ends (an unreadable prompt fails before sampling), its stream ends
             if streamer is not None:
                 streamer.end()
@@ -392,6 +430,7 @@ class MidiGenerationPipeline(Pipeline):
         top_k: int | None = None,
         top_p: float | None = None,
         guidance_scale: float | None = None,
+        guidance_conditions: str | list[str] | None = None,
         grammar: bool | None = None,
         seed: int | None = None,
         progress_bar: bool | None = None,
@@ -407,6 +446,7 @@ class MidiGenerationPipeline(Pipeline):
             "top_k": top_k,
             "top_p": top_p,
             "guidance_scale": guidance_scale,
+            "guidance_conditions": self._guided_slots(guidance_conditions),
             "grammar": grammar,
             "seed": seed,
             "progress_bar": progress_bar,
@@ -418,14 +458,27 @@ class MidiGenerationPipeline(Pipeline):
         postprocess = {} if musicxml is None else {"musicxml": musicxml}
         return preprocess, {k: v for k, v in given.items() if v is not None}, postprocess
 
+    def _guided_slots(self, kinds: str | list[str] | None) -> list[int] | None:
+        """The prefix positions guidance's unconditional branch leaves open: those of `kinds`
+        (a condition, or a list), or with None every condition's."""
+        if kinds is None:
+            return None
+        kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+        unknown = [kind for kind in kinds if kind not in self.vocabulary.kinds]
+        if unknown or not kinds:
+            raise ValueError(
+                f"guidance_conditions={kinds}: name conditions of this model ({', '.join(self.vocabulary.kinds)})"
+            )
+        return [1 + self.vocabulary.kinds.index(kind) for kind in kinds]
+
     def preprocess(self, inputs: dict, num_return_sequences: int = 1) -> dict[str, Any]:
         if num_return_sequences < 1:
             raise ValueError(f"num_return_sequences must be at least 1, not {num_return_sequences}")
-        music = [] if inputs["prompt"] is None else self.vocabulary.encode(read_prompt(inputs["prompt"]))
         composers = [name for name in inputs["composers"] for _ in range(num_return_sequences)]
-        conditions = [self.vocabulary.condition_id(name) for name in composers]
-        input_ids = torch.tensor([[self.vocabulary.bos_token_id, c, *music] for c in conditions])
-        return {"input_ids": input_ids, "composers": composers}
+        prefixes = [self.vocabulary.prefix({"composer": name, **inputs["conditions"]}) for name in composers]
+        music = [] if inputs["prompt"] is None else self.vocabulary.encode(read_prompt(inputs["prompt"]))
+        input_ids = torch.tensor([[*prefix, *music] for prefix in prefixes])
+        return {"input_ids": input_ids, "composers": composers, "conditions": inputs["conditions"]}
 
     def _forward(
         self,
@@ -436,6 +489,7 @@ class MidiGenerationPipeline(Pipeline):
         top_k: int = 0,
         top_p: float = 1.0,
         guidance_scale: float = 1.0,
+        guidance_conditions: list[int] | None = None,
         grammar: bool = True,
         seed: int | None = None,
         progress_bar: bool = False,
@@ -453,8 +507,14 @@ class MidiGenerationPipeline(Pipeline):
         generator.manual_seed(seed) if seed is not None else generator.seed()
         steps = tqdm(range(max_new_tokens), desc="generating", unit="token", disable=not progress_bar)
         cache = self._cache(min(prompts.shape[1] + max_new_tokens, self.window or 0), static_cache)
-        tokens = self._sample(prompts, steps, processors, generator, guidance_scale, streamer, cache)
-        return {"tokens": tokens, "composers": model_inputs["composers"], "prompt_length": prompts.shape[1]}
+        guided = range(1, 1 + len(self.vocabulary.kinds)) if guidance_conditions is None else guidance_conditions
+        tokens = self._sample(prompts, steps, processors, generator, (guidance_scale, list(guided)), streamer, cache)
+        return {
+            "tokens": tokens,
+            "composers": model_inputs["composers"],
+            "conditions": model_inputs["conditions"],
+            "prompt_length": prompts.shape[1],
+        }
 
     def _cache(self, context: int, static: bool | None) -> Cache | None:
         """Where GPT-2 keeps its keys and values for a call of `context` positions (None: a
@@ -473,19 +533,22 @@ class MidiGenerationPipeline(Pipeline):
         steps: tqdm,
         processors: LogitsProcessorList,
         generator: torch.Generator,
-        guidance_scale: float,
+        guidance: tuple[float, list[int]],
         streamer: NoteStreamer | None,
         cache: Cache | None,
     ) -> torch.Tensor:
         """The sampling loop: the prompts with their new tokens, row by row, in one buffer written
-        in place (with guidance, the unconditional branch's rows after them)."""
+        in place (with guidance, `(scale, prefix positions)`, the unconditional branch's rows after
+        them: the same rows with those positions' conditions open)."""
         rows, length = prompts.shape
+        guidance_scale, slots = guidance
         guided = guidance_scale != 1.0
         tokens = prompts.new_empty((2 if guided else 1) * rows, length + len(steps))
         tokens[:rows, :length] = prompts
-        if guided:  # the same rows with Composer_Unknown
+        if guided:
             tokens[rows:, :length] = prompts
-            tokens[rows:, 1] = self.vocabulary.conditions[self.vocabulary.unknown]
+            for slot in slots:
+                tokens[rows:, slot] = self.vocabulary.condition_id(self.vocabulary.kinds[slot - 1], None)
         done = torch.zeros(rows, dtype=torch.bool, device=self.device)
         if streamer is not None:
             streamer.put(prompts.cpu())
@@ -527,8 +590,9 @@ class MidiGenerationPipeline(Pipeline):
         return processors
 
     def _window_ids(self, tokens: torch.Tensor) -> torch.Tensor:
-        """BOS and condition, then the newest tokens: half a window, so the next prefill is far off."""
-        return torch.cat([tokens[:, :2], tokens[:, 2:][:, -max(self.window // 2 - 2, 1) :]], dim=1)
+        """BOS and conditions, then the newest tokens: half a window, so the next prefill is far off."""
+        prefix = 1 + len(self.vocabulary.kinds)
+        return torch.cat([tokens[:, :prefix], tokens[:, prefix:][:, -max(self.window // 2 - prefix, 1) :]], dim=1)
 
     def postprocess(self, model_outputs: dict[str, Any], musicxml: bool = False) -> list[dict[str, Any]]:
         grid = max(self.vocabulary.base.config.beat_res.values())  # the finest positions per quarter note
@@ -543,6 +607,7 @@ class MidiGenerationPipeline(Pipeline):
                     "midi": score.dumps_midi(),
                     "tokens": ids,
                     "composer": composer,
+                    "conditions": {"composer": composer, **model_outputs["conditions"]},
                     "new_tokens": new_tokens,
                     "seconds": score.to("second").end() if score.note_num() else 0.0,
                 }

@@ -5,10 +5,11 @@
     GRADIO_SERVER_NAME=0.0.0.0 GRADIO_SERVER_PORT=7861 python scripts/app.py    # as on a Space
 
 Choose a model (a bundled one, a folder, a Hub repo id), a composer from that model's own
-list, the length and the sampling settings, optionally a MIDI file to continue; the piano roll
-grows while the model writes, then the page plays the audio and offers the `.mid` (and, where
-music21 is installed, the MusicXML score). Each call runs in Gradio's queue with its own files,
-so users at once never see each other's pieces.
+list (and, for a model trained on MidiCaps, a genre, tempo and mode), the length and the
+sampling settings, optionally a MIDI file to continue; the piano roll grows while the model
+writes, then the page plays the audio and offers the `.mid` (and, where music21 is installed,
+the MusicXML score). Each call runs in Gradio's queue with its own files, so users at once
+never see each other's pieces.
 On a Hugging Face Space, this repository with `app_file: scripts/app.py` in its README runs it.
 """
 
@@ -94,6 +95,23 @@ def composer_choices(model: str, *, device: str | None) -> gr.Dropdown:
     return gr.Dropdown(choices=names, value=names[0])
 
 
+OTHER_CONDITIONS = ("genre", "tempo", "mode")
+ANY = "Any"  # a condition left open
+
+
+def other_choices(model: str, *, device: str | None) -> list[gr.Dropdown]:
+    """The genre, tempo and mode lists of another model, each shown only where the model has that
+    condition (a MidiCaps-trained one)."""
+    try:
+        vocabulary = load(resolve_model(model)[0], device).vocabulary
+    except (ValueError, OSError) as error:
+        raise one_sentence(error) from None
+    return [
+        gr.Dropdown(choices=[ANY, *vocabulary.values(kind)], value=ANY, visible=kind in vocabulary.kinds)
+        for kind in OTHER_CONDITIONS
+    ]
+
+
 def one_sentence(error: Exception) -> gr.Error:
     return gr.Error(str(error).splitlines()[0] if str(error) else type(error).__name__, print_exception=False)
 
@@ -111,9 +129,26 @@ def checked_prompt(upload: str | None) -> symusic.Score | None:
     return prompt
 
 
-def compose(model, composer, length, temperature, top_p, guidance_scale, seed, upload, *, device, soundfont):
+def compose(
+    model,
+    composer,
+    length,
+    temperature,
+    top_p,
+    guidance_scale,
+    seed,
+    upload,
+    genre=ANY,
+    tempo=ANY,
+    mode=ANY,
+    *,
+    device,
+    soundfont,
+):
     """Yield (piano roll, audio, MusicXML file, MIDI file, status) while the model writes, then the
     finished piece (its MusicXML score where music21 is installed)."""
+    others = {kind: value for kind, value in zip(OTHER_CONDITIONS, (genre, tempo, mode), strict=True) if value != ANY}
+    title = " ".join([composer, *others.values()])
     try:
         generator = load(resolve_model(model)[0], device)
         prompt = checked_prompt(upload)
@@ -128,19 +163,20 @@ def compose(model, composer, length, temperature, top_p, guidance_scale, seed, u
         "seed": int(seed),
         "prompt": prompt,
         "musicxml": SCORES,
+        **others,
     }
     with ThreadPoolExecutor(1) as pool:
         call = pool.submit(generator, composer, streamer=streamer, **settings)
         notes = 0
         for item in streamer:
             notes += len(item["notes"])
-            yield piano_roll(item["score"], f"{composer}: {notes} notes so far"), None, None, None, f"{notes} notes..."
+            yield piano_roll(item["score"], f"{title}: {notes} notes so far"), None, None, None, f"{notes} notes..."
         try:
             [piece] = call.result()
-        except (ValueError, OSError) as error:  # an unreadable upload, an unknown composer
+        except (ValueError, OSError) as error:  # an unreadable upload, an unknown composer or genre
             raise one_sentence(error) from None
     folder = Path(tempfile.mkdtemp(prefix="midi-lm-"))  # this call's own files
-    midi = folder / f"{composer}.mid"
+    midi = folder / f"{'-'.join([composer, *others.values()]).replace('/', '_')}.mid"
     midi.write_bytes(piece["midi"])
     score = midi.with_suffix(".musicxml") if "musicxml" in piece else None
     if score is not None:
@@ -152,7 +188,7 @@ def compose(model, composer, length, temperature, top_p, guidance_scale, seed, u
         audio = write_wav(piece["score"], midi.with_suffix(".wav"), find_soundfont(soundfont))
     except OSError as error:
         audio, status = None, f"{status}; no audio: {str(error).splitlines()[0]}"
-    roll = piano_roll(piece["score"], f"{composer}: {status}")
+    roll = piano_roll(piece["score"], f"{title}: {status}")
     yield roll, str(audio) if audio else None, str(score) if score else None, str(midi), status
 
 
@@ -177,10 +213,20 @@ def build(args: Arguments) -> gr.Blocks:
                 )
                 names = composers(first, args.device)
                 composer = gr.Dropdown(names, value=names[0], label="Composer (most training pieces first)")
+                vocabulary = load(resolve_model(first)[0], args.device).vocabulary
+                others = [
+                    gr.Dropdown(
+                        [ANY, *vocabulary.values(kind)],
+                        value=ANY,
+                        label=kind.title(),
+                        visible=kind in vocabulary.kinds,
+                    )
+                    for kind in OTHER_CONDITIONS
+                ]
                 length = gr.Slider(64, MAX_LENGTH, value=512, step=64, label="Length (tokens)")
                 temperature = gr.Slider(0.5, 1.5, value=1.0, step=0.05, label="Temperature")
                 top_p = gr.Slider(0.5, 1.0, value=0.95, step=0.01, label="Top-p")
-                guidance = gr.Slider(1.0, 4.0, value=1.0, step=0.5, label="Guidance scale (follows the composer)")
+                guidance = gr.Slider(1.0, 4.0, value=1.0, step=0.5, label="Guidance scale (follows the conditions)")
                 seed = gr.Number(0, precision=0, label="Seed")
                 upload = gr.File(label="A MIDI file to continue (optional)", file_types=[".mid", ".midi"])
                 button = gr.Button("Compose", variant="primary")
@@ -191,8 +237,9 @@ def build(args: Arguments) -> gr.Blocks:
                 score = gr.File(label="Download the score (MusicXML, for MuseScore or Sibelius)", visible=SCORES)
                 midi = gr.File(label="Download the MIDI file")
         model.change(functools.partial(composer_choices, device=args.device), model, composer, api_name="composers")
+        model.change(functools.partial(other_choices, device=args.device), model, others, api_name="conditions")
         run = functools.partial(compose, device=args.device, soundfont=args.soundfont)
-        inputs = [model, composer, length, temperature, top_p, guidance, seed, upload]
+        inputs = [model, composer, length, temperature, top_p, guidance, seed, upload, *others]
         button.click(run, inputs, [roll, audio, score, midi, status], api_name="compose")
     return app
 

@@ -19,6 +19,8 @@ real test pieces is the ceiling), and how far generated statistics are from real
 (pitch-class histogram, pitch range, polyphony, note density, inter-onset intervals:
 overlapping area, 1 = same, and KL divergence, 0 = same), per composer. Real excerpts are
 cut to the same number of tokens as the samples, since range and density grow with length.
+`--identify genre` adds likelihood identification of the genre (any condition a MidiCaps-trained
+model has), with its chance level, also beside `--likelihood_only`.
 The JSON holds everything; a markdown report with plots and the samples (`<json
 stem>_samples/guidance<g>/<composer>/sample_<i>.mid`) go beside it. `--table` prints the
 README's comparison table from several JSON files.
@@ -37,6 +39,7 @@ import torch
 from command_line import CommandParser
 from evaluation.classification import Judge, labelled_pieces
 from evaluation.evaluated import load_evaluated, sample_and_judge
+from evaluation.identification import POSITIONS, condition_candidates
 from evaluation.metrics import set_histograms, topk_accuracy
 from evaluation.report import comparison_table, plot_histograms, report
 from modeling.training import training_speed
@@ -79,6 +82,13 @@ class Arguments:
         default=False,
         metadata={"help": "Only bits per token and per note (no classifier, no samples), e.g. for a compact copy."},
     )
+    identify: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated conditions (genre, tempo, mode) to identify by likelihood too, "
+            "with --likelihood_only as well; the composer always is, with the classifier."
+        },
+    )
 
 
 USAGE = "evaluate.py MODEL --classifier CLS --sources URI [URI ...] --json OUT"
@@ -120,6 +130,24 @@ def parse_arguments(argv: list[str] | None) -> tuple[CommandParser, Arguments]:
     return parser, args
 
 
+def identify_kinds(args: Arguments) -> list[str]:
+    kinds = [kind.strip() for kind in (args.identify or "").split(",") if kind.strip()]
+    return [kind for kind in dict.fromkeys(kinds) if kind != "composer" or args.likelihood_only]
+
+
+def identification_line(kind: str, found: dict | None) -> str:
+    """One line of a condition's identification: accuracy per window position, and chance."""
+    if found is None:
+        return f"{kind} identification: none (an n-gram model sees its condition only at the start)"
+    positions = ", ".join(
+        f"{p} {found[p]['accuracy']:.3f} ({found[p]['windows']} windows)" for p in POSITIONS if p in found
+    )
+    return (
+        f"{kind} identification over {len(found['composers'])} values: {positions or 'no window long enough'}; "
+        f"chance {found['chance']:.3f}"
+    )
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     parser, args = parse_arguments(argv)
     if args.table:
@@ -155,6 +183,17 @@ def main(argv: list[str] | None = None) -> dict | None:
         likelihood = evaluated.likelihood(
             [row for row in rows if row["path"] in sample], args.block_size, args.batch_size
         )
+        identified = {
+            kind: evaluated.identification(
+                rows,
+                condition_candidates(rows, evaluated.tokenizer, kind),
+                None,
+                args.identification_tokens,
+                args.batch_size,
+                kind,
+            )
+            for kind in identify_kinds(args)
+        }
     output = Path(args.json)
     output.parent.mkdir(parents=True, exist_ok=True)
     results = {
@@ -164,12 +203,15 @@ def main(argv: list[str] | None = None) -> dict | None:
         "sources": args.sources,
         "arguments": asdict(args),
         "likelihood": likelihood,
+        "identification_of": identified,
     }
     if args.likelihood_only:
         output.write_text(json.dumps(results, indent=2))
         print(
             f"{args.model}: {likelihood['bits_per_token']:.4f} bits/token, {likelihood['bits_per_note']:.3f} bits/note"
         )
+        for kind, found in identified.items():
+            print(identification_line(kind, found))
         return results
     pieces = labelled_pieces(rows, evaluated.tokenizer, set(composers), Counter())
     missing = sorted(set(composers) - {piece.composer for piece in pieces})

@@ -6,10 +6,13 @@
     python scripts/generate.py --list-composers
     python scripts/generate.py --composers Chopin --stream
     python scripts/generate.py --model outputs/finetune-pop --composers Pop --format musicxml
+    python scripts/generate.py --model outputs/midicaps --genre jazz --tempo fast --list-conditions
 
 `--model` is a family name (the model a preset trained into `outputs/<family>-small`, else the
 bundled model of that family), a model folder, or a Hub repo id; without it the bundled GPT-2
-generates. Files go to `<output_dir>/<model>/<composer>/sample_<i>.mid`, with a piano roll
+generates. A model trained on MidiCaps also takes `--genre`, `--tempo` (slow, moderate, fast, or
+beats per minute) and `--mode` (major, minor); `--list-conditions` shows what it knows.
+Files go to `<output_dir>/<model>/<conditions>/sample_<i>.mid` (`bach`, `jazz-fast`), with a piano roll
 (`--plot`), audio (`--render wav`: symusic's synthesizer and a General MIDI soundfont) and a
 MusicXML score (`--format musicxml`, for MuseScore or Sibelius); a sample written again
 replaces them or removes the old ones. A fine-tuned adapter folder (scripts/finetune.py) is
@@ -35,6 +38,7 @@ from modeling.pipeline_midi_generation import MusicVocabulary
 from tokenization.hub import hub_access
 
 PITCH_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+DEFAULT_COMPOSERS = "Bach, Mozart, Beethoven, Chopin"
 
 
 @dataclass
@@ -43,18 +47,30 @@ class Arguments:
         default=None,
         metadata={"help": "transformer, mamba, xlstm, a model folder or a Hub repo id; left out: the bundled model."},
     )
-    composers: str = field(
-        default="Bach, Mozart, Beethoven, Chopin",
-        metadata={"help": "Comma-separated names (see --list-composers); Unknown: no composer."},
+    composers: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated names (see --list-composers); Unknown: no composer. Left out: "
+            f"{DEFAULT_COMPOSERS}, or none when another condition is given or the model knows no composer."
+        },
     )
+    genre: str | None = field(default=None, metadata={"help": "A genre the model knows (see --list-conditions)."})
+    tempo: str | None = field(default=None, metadata={"help": "slow, moderate, fast, or beats per minute."})
+    mode: str | None = field(default=None, metadata={"help": "major or minor."})
     list_composers: bool = field(
         default=False, metadata={"help": "Print the model's composers with their training pieces, then exit."}
+    )
+    list_conditions: bool = field(
+        default=False, metadata={"help": "Print every condition the model knows (composers, genres, ...), then exit."}
     )
     length: int = field(default=1024, metadata={"help": "Tokens to generate per sample."})
     num_samples: int = field(default=1, metadata={"help": "Samples per composer."})
     output_dir: str = field(default="outputs/generated", metadata={"help": "Output folder."})
     prompt: str | None = field(default=None, metadata={"help": "A MIDI file each sample continues."})
     guidance_scale: float = field(default=1.0, metadata={"help": "Classifier-free guidance (1: off)."})
+    guidance_conditions: str | None = field(
+        default=None, metadata={"help": "Comma-separated conditions guidance pushes on (e.g. genre); left out: all."}
+    )
     temperature: float = field(default=1.0, metadata={"help": "Below 1: safer choices; above 1: bolder ones."})
     top_k: int = field(default=0, metadata={"help": "Sample among the k most likely tokens (0: all)."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling (1: off)."})
@@ -94,9 +110,37 @@ def print_composers(model: str, vocabulary: MusicVocabulary) -> None:
     )
 
 
-def check(args: Arguments, composers: list[str]) -> None:
+def print_conditions(model: str, vocabulary: MusicVocabulary) -> None:
+    """The composers, then the values of every other condition the model knows."""
+    print_composers(model, vocabulary)
+    others = [kind for kind in vocabulary.kinds if kind != "composer"]
+    for kind in others:
+        print(f"--{kind}: {', '.join(vocabulary.values(kind))}")
+    if not others:
+        print("This model knows no other condition (genre, tempo and mode come with MidiCaps training data).")
+
+
+def other_conditions(args: Arguments) -> dict[str, str | float]:
+    """--genre, --tempo (a number: beats per minute) and --mode, where given."""
+    given = {"genre": args.genre, "tempo": args.tempo, "mode": args.mode}
+    if args.tempo and args.tempo.replace(".", "", 1).isdigit():
+        given["tempo"] = float(args.tempo)
+    return {kind: value for kind, value in given.items() if value}
+
+
+def composer_names(args: Arguments, vocabulary: MusicVocabulary) -> list[str]:
+    """--composers, or when it is left out the default four, or no composer where another
+    condition is asked for or the model knows no composer."""
+    if args.composers is not None:
+        return list(dict.fromkeys(name.strip() for name in args.composers.split(",") if name.strip()))
+    if other_conditions(args) or not vocabulary.composers:
+        return [vocabulary.unknown]
+    return [name.strip() for name in DEFAULT_COMPOSERS.split(",")]
+
+
+def check(args: Arguments) -> None:
     """What can be checked here, before anything slow (the Hub, a model, a soundfont download)."""
-    if not composers or args.length < 1 or args.num_samples < 1:
+    if args.composers is not None and not args.composers.strip(", ") or args.length < 1 or args.num_samples < 1:
         raise ValueError("--composers needs at least one name, --length and --num_samples positive numbers")
     if args.prompt and not Path(args.prompt).is_file():
         raise FileNotFoundError(f"no prompt file {args.prompt}: give a MIDI file for the samples to continue")
@@ -114,19 +158,17 @@ MODEL_INSTEAD = "give a model folder or a family (transformer, mamba, xlstm), or
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = CommandParser(Arguments)
     (args,) = parser.parse(argv)
-    composers = list(dict.fromkeys(name.strip() for name in args.composers.split(",") if name.strip()))
     with parser.failures():
-        check(args, composers)
+        check(args)
         model, model_name = resolve_model(args.model)
         soundfont = find_soundfont(args.soundfont) if args.render else None
         with hub_access("model", model, MODEL_INSTEAD):
-            if args.list_composers:
-                vocabulary = MusicVocabulary(model)  # the tokenizer alone: no model to load
-            else:
+            vocabulary = MusicVocabulary(model)  # the tokenizer alone: quick, and what the lists need
+            if not (args.list_composers or args.list_conditions):
                 started = time.perf_counter()
-                results = generate(args, model, composers)
-    if args.list_composers:
-        print_composers(model, vocabulary)
+                results = generate(args, model, composer_names(args, vocabulary))
+    if args.list_composers or args.list_conditions:
+        (print_conditions if args.list_conditions else print_composers)(model, vocabulary)
         return []
     seconds = time.perf_counter() - started
     rows = write_samples(results, args, Path(args.output_dir) / model_name, soundfont)
@@ -144,11 +186,15 @@ def generate(args: Arguments, model: str, composers: list[str]) -> list[dict]:
     )
     settings = {
         "composer": composers,
+        **other_conditions(args),
         "num_return_sequences": args.num_samples,
         "max_new_tokens": args.length,
         "min_new_tokens": 0 if args.allow_early_end else args.length,
         "prompt": args.prompt,
         "guidance_scale": args.guidance_scale,
+        "guidance_conditions": [k.strip() for k in args.guidance_conditions.split(",")]
+        if args.guidance_conditions
+        else None,
         "temperature": args.temperature,
         "top_k": args.top_k,
         "top_p": args.top_p,
@@ -178,12 +224,20 @@ def print_notes(streamer: modeling.NoteStreamer, composers: list[str], num_sampl
             )
 
 
+def sample_label(result: dict) -> str:
+    """What a sample was asked for, as a folder name: `bach`, `jazz-fast`, `Unknown` for nothing."""
+    composer = result["composer"]
+    values = [str(v) for kind, v in result["conditions"].items() if kind != "composer" and v]
+    named = [composer] if composer and composer.lower() != "unknown" else []
+    return "-".join(named + values) or (composer or "Unknown")
+
+
 def write_samples(results: list[dict], args: Arguments, folder: Path, soundfont: Path | None) -> list[dict]:
     """Write each result's files; return its summary row."""
     rows = []
     for i, result in enumerate(results):
         sample = i % args.num_samples
-        path = folder / result["composer"].replace("/", "_") / f"sample_{sample}.mid"  # an artist like AC/DC
+        path = folder / sample_label(result).replace("/", "_") / f"sample_{sample}.mid"  # an artist like AC/DC
         path.parent.mkdir(parents=True, exist_ok=True)
         for companion in (
             ".png",
@@ -195,7 +249,7 @@ def write_samples(results: list[dict], args: Arguments, folder: Path, soundfont:
         if "musicxml" in result:
             path.with_suffix(".musicxml").write_bytes(result["musicxml"])
         if args.plot and result["score"].note_num():
-            figure = piano_roll(result["score"], f"{result['composer']}, sample {sample}")
+            figure = piano_roll(result["score"], f"{sample_label(result)}, sample {sample}")
             figure.savefig(path.with_suffix(".png"), dpi=100)
         if soundfont is not None:
             write_wav(result["score"], path.with_suffix(".wav"), soundfont)

@@ -418,7 +418,8 @@ def identification_setup(tokenizer, data_args: DataArguments, config, added: lis
         if piece["composer"] in composers and (limit is None or taken[piece["composer"]] < limit):
             taken[piece["composer"]] += 1
             chosen.append(piece)
-    windows = identification_windows(chosen, composers, window_tokens(config, data_args.identification_tokens))
+    length = window_tokens(config, data_args.identification_tokens, tokenizer)
+    windows = identification_windows(chosen, composers, length, tokenizer)
     logger.info("likelihood identification: %d windows of %s", len(windows), ", ".join(composers))
     return windows, composers
 

@@ -83,6 +83,6 @@ def test_every_label_of_the_classical_dataset_is_one_person():
 
 def test_a_tokenizer_made_before_a_merge_keeps_its_spelling():
     old = MusicTokenizer(composers=["vaughan"])  # as tokenizers were before vaughan -> vaughan-williams
-    old._conditions[1] = "vaughan"
+    old._conditions[1] = ("composer", "vaughan")
     assert old.condition_name("Vaughan Williams") == "vaughan" == old.condition_name("vaughan")
     assert old.composer_token_id("vaughan-williams") == old.base_vocab_size + 1

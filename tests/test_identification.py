@@ -48,7 +48,7 @@ def windows_of(tokenizer, per_composer: int = 2, length: int = 40):
         for composer, (condition, token) in zip(COMPOSERS, favourite.items(), strict=True)
         for i in range(per_composer)
     ]
-    return identification_windows(pieces, COMPOSERS, length)
+    return identification_windows(pieces, COMPOSERS, length, tokenizer)
 
 
 @pytest.mark.parametrize(("copies", "accuracy"), [(False, 1 / 3), (True, 1.0)])
@@ -77,7 +77,7 @@ def test_windows_are_the_opening_and_the_middle_without_prefix_or_eos(tokenizer)
         {"ids": [1, 999, *music[:10], 2], "composer": "bach", "path": "tiny.mid"},  # too short to judge
         {"ids": [1, 999, *music, 2], "composer": "satie", "path": "other.mid"},  # not a candidate
     ]
-    windows = identification_windows(pieces, ["bach"], length=40)
+    windows = identification_windows(pieces, ["bach"], 40, tokenizer)
     assert [(w.path, w.position) for w in windows] == [
         ("long.mid", "opening"),
         ("long.mid", "middle"),
@@ -102,7 +102,11 @@ def test_condition_nll_is_the_same_with_an_accelerator_and_in_batches_of_any_siz
 def test_no_window_long_enough_leaves_identification_without_positions(tokenizer):
     model = ToyModel(len(tokenizer), favourite_tokens(tokenizer), copies=True)
     assert condition_nll(model, [], [tokenizer.composer_token_id(c) for c in COMPOSERS], tokenizer).shape == (0, 3)
-    assert identification(model, tokenizer, [], COMPOSERS) == {"composers": COMPOSERS, "chance": 1 / 3}
+    assert identification(model, tokenizer, [], COMPOSERS) == {
+        "kind": "composer",
+        "composers": COMPOSERS,
+        "chance": 1 / 3,
+    }
 
 
 def test_bootstrap_interval_holds_the_estimate_and_shrinks_to_a_point_when_all_agree():

@@ -214,15 +214,16 @@ def test_the_pipeline_reads_a_saved_tokenizer_as_the_tokenizer_does(
     ids = ("bos_token_id", "eos_token_id", "pad_token_id")
     assert [getattr(vocabulary, name) for name in ids] == [getattr(tokenizer, name) for name in ids]
     assert vocabulary.music_size == tokenizer.base_vocab_size
-    assert {f"Composer_{name}": i for name, i in vocabulary.conditions.items()} == tokenizer.condition_token_ids
+    composers = vocabulary.conditions["composer"]
+    assert {f"Composer_{name}": i for name, i in composers.items()} == tokenizer.condition_token_ids
     assert vocabulary.composers == tokenizer.composers and vocabulary.grammar == tokenizer.grammar().to_dict()
     for name in [*tokenizer.composers, None, "", "Unknown", "Haendel", "J.S. Bach", "MOZART"]:
         known = name in (None, "", "Unknown") or canonical_composer(name) in tokenizer.composers
         if known:
-            assert vocabulary.condition_id(name) == tokenizer.composer_token_id(name or None), name
+            assert vocabulary.condition_id("composer", name) == tokenizer.composer_token_id(name or None), name
         else:
             with pytest.raises(ValueError, match="unknown composer"):
-                vocabulary.condition_id(name)
+                vocabulary.condition_id("composer", name)
             with pytest.raises(ValueError, match="unknown composer"):
                 tokenizer.composer_token_id(name)
     for midi in good_midis[:3]:

@@ -1,16 +1,17 @@
 """Training stream: pieces -> conditioned `block_size` blocks -> batches.
 
-Every block starts with the condition of the piece it continues, `BOS, Composer_x` (or
-`BOS, Composer_Unknown` under condition dropout), followed by the next chunk of that piece:
-the context the pipeline generates from, at every position of every piece. The prefix is
-context only (labels -100), so each music token and each EOS is a target exactly once. When
-a piece ends inside a block, the next piece follows in the same block with its own `BOS,
-Composer_y`; a piece never starts in a block's last two positions (the block ends there).
+Every block starts with the conditions of the piece it continues, `BOS, Composer_x` and, in
+a tokenizer with more kinds, `Genre_g, TempoBucket_t, Mode_m` (any of them its kind's
+`Unknown` under condition dropout), followed by the next chunk of that piece: the context the
+pipeline generates from, at every position of every piece. The prefix is context only (labels
+-100), so each music token and each EOS is a target exactly once. When a piece ends inside a
+block, the next piece follows in the same block with its own prefix; a piece never starts in
+a block's last prefix positions (the block ends there).
 
-Condition dropout is decided per block, not per piece: every piece is then seen both with
-its composer and without, chunk by chunk, which is the difference classifier-free guidance
-amplifies, and the unconditional branch learns every position of every piece, not whole
-pieces only.
+Condition dropout is decided per block and per kind, not per piece: every piece is then seen
+both with each of its conditions and without it, chunk by chunk, which is the difference
+classifier-free guidance amplifies (for all conditions, or for one), and the unconditional
+branch learns every position of every piece, not whole pieces only.
 
 Rows come from a source: token-cache rows (`{"ids", "composer", "path", "notes"}`, see
 `cache.py`) are used as they are; MIDI rows (`{"midi", "composer", "path"}`) are tokenized on
@@ -27,6 +28,7 @@ stopped, per worker.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import random
 from collections import Counter
@@ -38,13 +40,11 @@ import torch
 from datasets import IterableDataset
 from datasets.distributed import split_dataset_by_node
 
-from .composers import UNKNOWN
 from .tokenizer import InvalidMidiError, MusicTokenizer, load_score
 
 logger = logging.getLogger(__name__)
 
 IGNORE = -100  # the label of a position without a target
-PREFIX = 2  # BOS and the condition token
 
 
 def encode_midi(
@@ -56,8 +56,9 @@ def encode_midi(
     """
     try:
         score = load_score(row["midi"])
-        name = row["composer"]  # canonical: sources name composers once, as they list files
-        ids = tokenizer.encode(score, tokenizer.condition_name(name) or UNKNOWN)
+        # canonical: sources name composers once, as they list files
+        labels = {"composer": row["composer"], **json.loads(row.get("conditions") or "{}")}
+        ids = tokenizer.encode(score, strict=False, **labels)
     except InvalidMidiError as error:
         reason, detail = error.reason, str(error)
     except Exception as error:  # miditok can fail on odd but parseable files; never stop the stream
@@ -99,7 +100,7 @@ def skip_summary(skipped: Counter) -> str:
 
 
 class BlockPacker:
-    """Cuts pieces (`BOS, condition, music..., EOS`) into `{"input_ids", "labels"}` blocks.
+    """Cuts pieces (`BOS, conditions..., music..., EOS`) into `{"input_ids", "labels"}` blocks.
 
     `condition_every_block=False` is the earlier packing, kept to measure against: pieces
     are concatenated and cut, so a block in the middle of a piece carries no condition.
@@ -115,32 +116,33 @@ class BlockPacker:
         condition_every_block: bool = True,
         condition_dropout: float = 0.0,
     ) -> None:
-        if block_size < PREFIX + 1:
-            raise ValueError(f"block_size must be at least {PREFIX + 1} (a condition prefix and a target)")
+        self.prefix = tokenizer.prefix_length
+        if block_size < self.prefix + 1:
+            raise ValueError(f"block_size must be at least {self.prefix + 1} (a condition prefix and a target)")
         if not 0.0 <= condition_dropout <= 1.0:
             raise ValueError(f"condition_dropout is a probability, got {condition_dropout}")
         self.block_size = block_size
-        self.bos_token_id = tokenizer.bos_token_id
-        self.unknown_token_id = tokenizer.composer_token_id(None)
+        self.unknown_ids = [tokenizer.condition_id(kind, None) for kind in tokenizer.kinds]
         self.condition_every_block = condition_every_block
         self.condition_dropout = condition_dropout
 
-    @staticmethod
-    def fresh_state() -> dict:
-        return {"ids": [], "labels": [], "dropped": False}
+    def fresh_state(self) -> dict:
+        return {"ids": [], "labels": [], "dropped": [False] * (self.prefix - 1)}
 
     def add(self, state: dict, ids: list[int], rng: random.Random | None = None) -> list[dict]:
         """Pack one piece; return the blocks it completes (the last one may stay in `state`)."""
-        condition, position = ids[1], PREFIX
+        prefix, position = ids[: self.prefix], self.prefix
         blocks = []
-        if state["ids"] and self.block_size - len(state["ids"]) <= PREFIX:
+        if state["ids"] and self.block_size - len(state["ids"]) <= self.prefix:
             blocks.append(self._close(state))
         while position < len(ids):
             if not state["ids"]:
-                state["dropped"] = bool(self.condition_dropout) and rng.random() < self.condition_dropout
-            if position == PREFIX or (not state["ids"] and self.condition_every_block):
-                state["ids"] += [self.bos_token_id, self.unknown_token_id if state["dropped"] else condition]
-                state["labels"] += [IGNORE] * PREFIX
+                state["dropped"] = [
+                    bool(self.condition_dropout) and rng.random() < self.condition_dropout for _ in self.unknown_ids
+                ]
+            if position == self.prefix or (not state["ids"] and self.condition_every_block):
+                state["ids"] += [prefix[0], *self._conditions(prefix[1:], state["dropped"])]
+                state["labels"] += [IGNORE] * self.prefix
             take = ids[position : position + self.block_size - len(state["ids"])]
             position += len(take)
             state["ids"] += take
@@ -148,6 +150,11 @@ class BlockPacker:
             if len(state["ids"]) == self.block_size:
                 blocks.append(self._close(state))
         return blocks
+
+    def _conditions(self, conditions: list[int], dropped: list[bool] | bool) -> list[int]:
+        if isinstance(dropped, bool):  # a stream position saved before there were several kinds
+            dropped = [dropped] * len(conditions)
+        return [unknown if drop else c for c, unknown, drop in zip(conditions, self.unknown_ids, dropped, strict=True)]
 
     def flush(self, state: dict) -> list[dict]:
         """The block being filled, if it holds a target (at the end of a finite source)."""

@@ -26,6 +26,7 @@ file of the source has been parsed, so it is where they can be found.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -46,9 +47,11 @@ from .blocks import encode_midi, skip_summary
 from .sources import (
     SPLITS,
     MidiFile,
+    archive_signature,
     interleave,
     list_midi_files,
     load_source,
+    read_archive,
     resolve,
     sample_paths,
     split_label,
@@ -100,9 +103,29 @@ def read_info(folder: Path) -> dict:
 
 
 def listing_digest(files: list[MidiFile]) -> str:
-    """A digest of a source's files (path, size, label): it changes when the source does."""
-    listing = [(f.path, f.size, f.composer) for f in files]
+    """A digest of a source's files (path, size, labels): it changes when the source does."""
+    listing = [(f.path, f.size, f.composer, *([f.conditions] if f.conditions else [])) for f in files]
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+
+
+def source_listing(uri: str, files: list[MidiFile] | None = None) -> str:
+    """What tells a cache that its source changed: a MidiCaps archive's signature, else the digest
+    of the listing (`files`, when the caller has listed them)."""
+    return archive_signature(uri) or listing_digest(files if files is not None else list_midi_files(uri))
+
+
+def extract(files: list[MidiFile], folder: Path, skipped: Counter) -> list[MidiFile]:
+    """The archive members among `files`, written to `folder` in one pass through the archive, as
+    files there (named by a digest of their path: a member's name never chooses where it goes);
+    what the archive lacks or cannot give is counted in `skipped`."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    listed, extracted = {f.path for f in files}, []
+    for f, midi in read_archive(files[0].url, files, listed, skipped):
+        target = folder / f"{hashlib.sha256(f.path.encode()).hexdigest()[:24]}.mid"
+        target.write_bytes(midi)
+        extracted.append(dataclasses.replace(f, url=str(target)))
+    return extracted
 
 
 def source_key(uri: str) -> str:
@@ -165,7 +188,7 @@ class TokenCache:
         except DamagedTokenCache as error:
             logger.warning("%s: building it again from %s", error, uri)
             return None
-        if cache.info["format"] == FORMAT and cache.info["listing"] == listing_digest(list_midi_files(uri)):
+        if cache.info["format"] == FORMAT and cache.info["listing"] == source_listing(uri):
             return cache
         logger.info("%s changed since its token cache was built: building it again", uri)
         return None
@@ -176,10 +199,19 @@ class TokenCache:
         files = list_midi_files(uri)
         if not files:
             raise ValueError(f"no MIDI files in {uri!r}")
-        listing = listing_digest(files)
+        listing = source_listing(uri, files)
         num_proc = num_proc or max(1, min(os.cpu_count() or 1, len(files) // 64))
+        members = folder.with_name(folder.name + ".members")
+        archived = Counter()
+        if files[0].in_archive:  # the map reads files by URL: unpack the archive first, in one pass
+            files = extract(files, members, archived)
         table = Dataset.from_dict(
-            {"url": [f.url for f in files], "path": [f.path for f in files], "composer": [f.composer for f in files]}
+            {
+                "url": [f.url for f in files],
+                "path": [f.path for f in files],
+                "composer": [f.composer for f in files],
+                "conditions": [f.conditions for f in files],
+            }
         )
         ids_type = "uint16" if len(tokenizer) <= 2**16 else "int32"
         encoded = table.map(
@@ -188,7 +220,7 @@ class TokenCache:
             batch_size=16,
             num_proc=num_proc if num_proc > 1 else None,
             fn_kwargs={"tokenizer": tokenizer},
-            remove_columns=["url"],
+            remove_columns=["url", "conditions"],
             features=Features(
                 {
                     "path": Value("string"),
@@ -203,7 +235,8 @@ class TokenCache:
             new_fingerprint=hashlib.sha256(f"{folder}-{listing}".encode()).hexdigest()[:32],
             desc=f"tokenizing {uri}",
         )
-        skipped = Counter(reason for reason in encoded["skipped"] if reason)
+        skipped = Counter(reason for reason in encoded["skipped"] if reason) + archived
+        shutil.rmtree(members, ignore_errors=True)
         usable = encoded.filter(lambda reason: not reason, input_columns="skipped")
         if not len(usable):
             raise ValueError(f"no usable MIDI in {uri!r} ({skip_summary(skipped)})")
@@ -286,7 +319,9 @@ def _read_rows(rows: list[int], folder: str, listing: str):
 def _encode_batch(batch: dict[str, list], tokenizer: MusicTokenizer) -> dict[str, list]:
     """The map function: read, tokenize and fingerprint each file; an unusable one gets its reason."""
     out = {name: [] for name in ("path", "composer", "ids", "notes", "fingerprint", "digest", "skipped")}
-    for url, path, composer in zip(batch["url"], batch["path"], batch["composer"], strict=True):
+    for url, path, composer, conditions in zip(
+        batch["url"], batch["path"], batch["composer"], batch["conditions"], strict=True
+    ):
         skipped: Counter = Counter()
         try:
             with fsspec.open(url, "rb") as handle:
@@ -295,7 +330,7 @@ def _encode_batch(batch: dict[str, list], tokenizer: MusicTokenizer) -> dict[str
             logger.warning("skipped %s: cannot read it (%s)", path, error)
             skipped["unreadable"] += 1
             midi = None
-        row = {"midi": midi, "composer": composer, "path": path}
+        row = {"midi": midi, "composer": composer, "path": path, "conditions": conditions}
         encoded = encode_midi(tokenizer, row, skipped) if midi is not None else None
         score, ids = encoded if encoded is not None else (None, [])
         out["path"].append(path)

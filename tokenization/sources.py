@@ -8,7 +8,12 @@ code. `datasets.load_dataset` on the classical repo would only yield its
 - `classical`: `data/<composer>-<piece>.mid` (drengskapur/midi-classical-music);
 - `lakh`: `<root>/<Artist>/<Title>[.N].mid` (Lakh MIDI Clean), `.N` versions skipped
   unless asked for;
-- `folder`: any tree of MIDI files, composer `Unknown`.
+- `folder`: any tree of MIDI files, composer `Unknown`;
+- `midicaps`: `midicaps.tar.gz` beside `train.json` (amaai-lab/MidiCaps: Lakh MIDI, LMD-full,
+  with per-file metadata). The archive is read in one sequential pass (`read_archive`), each
+  member joined by its path with its `train.json` row (`location`), which gives its genre,
+  tempo bucket and mode (`conditions.py`); no artist, so the composer is `Unknown`. The rows
+  marked `test_set` are the test split, the others train or validation by path hash.
 
 `label:<name>:<location>` gives every file of a source the label `name` (a musician's own
 folder for fine-tuning): such a source holds out its validation files by rank (`labelled_splits`)
@@ -22,17 +27,24 @@ name as it comes. The layout is detected, or forced with a prefix: `lakh:/data/c
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
+import json
 import logging
 import re
+import tarfile
+import zlib
 from collections import Counter
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
 from datasets import Features, IterableDataset, Value, interleave_datasets
 
+from .blocks import skip_summary
 from .composers import UNKNOWN, canonical_composer, composer_from_filename
+from .conditions import canonical_value, mode_of, tempo_bucket
 from .hub import hub_access, offline, unreachable
 from .tokenizer import MusicTokenizer
 
@@ -47,7 +59,12 @@ BUNDLED = {
 LAYOUTS = ("classical", "lakh", "folder")
 SPLITS = {"train": 0.9, "validation": 0.05, "test": 0.05}
 MIDI_SUFFIXES = (".mid", ".midi")
-FEATURES = Features({"midi": Value("binary"), "composer": Value("string"), "path": Value("string")})
+# `conditions`: the piece's other conditions as JSON (kind -> value), "" where the source knows none
+FEATURES = Features(
+    {"midi": Value("binary"), "composer": Value("string"), "path": Value("string"), "conditions": Value("string")}
+)
+ARCHIVE, METADATA = "midicaps.tar.gz", "train.json"  # amaai-lab/MidiCaps
+ARCHIVE_SPLITS = {"train": 0.95, "validation": 0.05}  # its test split is the metadata's `test_set`
 
 HUB_DATASET_INSTEAD = (
     "read it where the Hub can be reached, or give a local copy (a folder laid out as the Hub repo), "
@@ -63,11 +80,16 @@ _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 @dataclass(frozen=True)
 class MidiFile:
-    url: str  # what fsspec opens
-    path: str  # relative to the source root: the split hash and the logs use it
+    url: str  # what fsspec opens (for an archive member, the archive)
+    path: str  # relative to the source root (in an archive, the member's name): the split hash and the logs use it
     composer: str
     size: int  # bytes: with the path, what tells a token cache that the source changed
     split: str
+    conditions: str = ""  # FEATURES' `conditions`
+
+    @property
+    def in_archive(self) -> bool:
+        return self.url.endswith(ARCHIVE)
 
 
 def split_label(uri: str) -> tuple[str | None, str]:
@@ -157,6 +179,10 @@ def list_midi_files(
                 f"no MIDI source {uri!r}: {where}; give a local folder, hf://datasets/<owner>/<name>, "
                 f"a Hub dataset id, or one of {', '.join(BUNDLED)}"
             )
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+        if fs.isfile(f"{root}/{ARCHIVE}") and fs.isfile(f"{root}/{METADATA}"):
+            return _chosen(archive_files(fs, root, prefix), split, max_files)
         if fs.isdir(f"{root}/clean_midi"):  # the Lakh archive's top folder
             root = f"{root}/clean_midi"
         parent = root.rsplit("/", 1)[0]
@@ -166,8 +192,6 @@ def list_midi_files(
         found = sorted(p for p in details if p.lower().endswith(MIDI_SUFFIXES))
         relative = [p[len(root) + 1 :] for p in found]
         layout = layout or _detect_layout(fs, root, relative)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
     if layout == "lakh" and not include_versions and not label:  # a labelled folder is all the musician's
         kept = [i for i, path in enumerate(relative) if not _VERSION.search(Path(path).stem)]
         found, relative = [found[i] for i in kept], [relative[i] for i in kept]
@@ -182,6 +206,10 @@ def list_midi_files(
         )
         for full, rel, split_name in zip(found, relative, splits, strict=True)
     ]
+    return _chosen(files, split, max_files)
+
+
+def _chosen(files: list[MidiFile], split: str | None, max_files: int | None) -> list[MidiFile]:
     if split is not None:
         files = [f for f in files if f.split == split]
     if max_files is not None:
@@ -190,21 +218,119 @@ def list_midi_files(
     return files
 
 
+def archive_signature(uri: str) -> str | None:
+    """For a MidiCaps source, a digest of its archive's and metadata's sizes and content hashes
+    (on the Hub; modification times here) that tells a token cache whether it changed without
+    reading the 428 MB `train.json`; None for any other source."""
+    url = resolve(uri)[0]
+    if url.startswith("hf://") and offline():
+        return None  # listing the source says why it cannot be read
+    with hub_access("dataset", uri, HUB_DATASET_INSTEAD):
+        fs, root = fsspec.core.url_to_fs(url)
+        root = root.rstrip("/")
+        if not (fs.isfile(f"{root}/{ARCHIVE}") and fs.isfile(f"{root}/{METADATA}")):
+            return None
+        infos = [fs.info(f"{root}/{name}") for name in (ARCHIVE, METADATA)]
+    keys = [(info["size"], (info.get("lfs") or {}).get("sha256") or info.get("mtime")) for info in infos]
+    return hashlib.sha256(json.dumps(keys, default=str).encode()).hexdigest()[:16]
+
+
+def metadata_conditions(row: dict) -> dict[str, str]:
+    """The conditions of a MidiCaps metadata row: its most probable genre, tempo bucket and mode."""
+    genres, probabilities = row.get("genre") or [], row.get("genre_prob") or []
+    genre = max(zip(probabilities, genres, strict=False), default=(0, None))[1] if probabilities else None
+    return {
+        "genre": canonical_value("genre", genre or (genres[0] if genres else None)),
+        "tempo": tempo_bucket(row.get("tempo")),
+        "mode": mode_of(row.get("key")),
+    }
+
+
+def archive_files(fs: fsspec.AbstractFileSystem, root: str, prefix: str) -> list[MidiFile]:
+    """The files `train.json` lists for `midicaps.tar.gz`, sorted by path; a line that is not a
+    JSON object with a `location` is skipped with a log line. The size of every file is the
+    archive's: what tells a token cache the source changed."""
+    archive, size = f"{prefix}{root}/{ARCHIVE}", fs.size(f"{root}/{ARCHIVE}")
+    files = []
+    with fs.open(f"{root}/{METADATA}", "rb") as raw:
+        for number, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8"), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                path = str(row["location"]).removeprefix("./")
+            except (ValueError, KeyError, TypeError) as error:
+                logger.warning("skipped line %d of %s: not a metadata row (%s)", number, METADATA, error)
+                continue
+            split = "test" if row.get("test_set") else split_of(path, ARCHIVE_SPLITS)
+            conditions = json.dumps(metadata_conditions(row))
+            files.append(MidiFile(archive, path, UNKNOWN, size, split, conditions))
+    return sorted(files, key=lambda f: f.path)
+
+
+def read_archive(
+    url: str, files: Iterable[MidiFile], listed: Collection[str], skipped: Counter
+) -> Iterator[tuple[MidiFile, bytes]]:
+    """(file, MIDI bytes) of each of `files` found in the archive `url`, in archive order, in one
+    sequential pass whose memory does not grow with the archive.
+
+    Counted in `skipped` and logged once each, never raised: a member that is not MIDI, a MIDI
+    member without a metadata row (`listed`: all the rows' paths), a listed file the archive
+    lacks, and an archive that ends early (the files after the cut count as lacking).
+    """
+    wanted = {f.path: f for f in files}
+    found: set[str] = set()
+    try:
+        with fsspec.open(url, "rb") as raw, tarfile.open(fileobj=raw, mode="r|gz") as archive:
+            while (member := archive.next()) is not None:
+                archive.members.clear()  # a stream still keeps every header read: memory that grows
+                path = member.name.removeprefix("./")
+                if not member.isfile():
+                    continue
+                if not path.lower().endswith(MIDI_SUFFIXES):
+                    skipped["not MIDI"] += 1
+                    logger.warning("skipped %s in %s: not a MIDI file", path, ARCHIVE)
+                elif path not in listed:
+                    skipped["no metadata"] += 1
+                    logger.warning("skipped %s in %s: %s has no row for it", path, ARCHIVE, METADATA)
+                elif path in wanted:
+                    midi = archive.extractfile(member).read()  # a cut archive fails here, before the file counts
+                    found.add(path)
+                    yield wanted[path], midi
+    except (EOFError, OSError, tarfile.TarError, zlib.error) as error:
+        skipped["archive cut short"] += 1
+        logger.warning("%s ends early (%s: %s): the files after the cut are skipped", url, type(error).__name__, error)
+    missing = [path for path in wanted if path not in found]
+    if missing:
+        skipped["not in the archive"] += len(missing)
+    for path in missing:
+        logger.warning("skipped %s: %s lists it, %s holds no such file", path, METADATA, ARCHIVE)
+
+
 def sample_paths(paths: list[str], max_files: int) -> set[str]:
     """A fixed sample of `max_files` paths, by a salted hash of the path (the lowest plain
     hashes would all be training files)."""
     return set(sorted(paths, key=lambda path: path_hash("sample:" + path))[:max_files])
 
 
-def _read(urls: list[str], paths: list[str], composers: list[str]):
-    for url, path, composer in zip(urls, paths, composers, strict=True):
+def _read(files: list[MidiFile]):
+    for f in files:
         try:
-            with fsspec.open(url, "rb") as handle:
+            with fsspec.open(f.url, "rb") as handle:
                 midi = handle.read()
         except OSError as error:
-            logger.warning("skipped %s: cannot read it (%s)", path, error)
+            logger.warning("skipped %s: cannot read it (%s)", f.path, error)
             continue
-        yield {"midi": midi, "composer": composer, "path": path}
+        yield {"midi": midi, "composer": f.composer, "path": f.path, "conditions": f.conditions}
+
+
+def _read_archive(archives: list[str], files: tuple[MidiFile, ...], listed: frozenset[str]):
+    for url in archives:  # one: the archive is one shard, read from its start
+        skipped = Counter()
+        for f, midi in read_archive(url, files, listed, skipped):
+            yield {"midi": midi, "composer": f.composer, "path": f.path, "conditions": f.conditions}
+        if skipped:
+            logger.warning("%s: %s", url, skip_summary(skipped))
 
 
 def load_source(
@@ -217,17 +343,18 @@ def load_source(
     `classical:`, `folder:`). `split`: `train`, `validation` or `test` by path hash, or
     None for all files. `max_files`: a fixed sample of that many (by path hash), for
     quick runs. Each file is one shard, so ranks and DataLoader workers read different
-    files.
+    files; a MidiCaps archive is one shard, read once from its start (ranks then take
+    every n-th file of it).
     """
     files = list_midi_files(uri, split, include_versions=include_versions, max_files=max_files)
     if not files:
         raise ValueError(f"no MIDI files in {uri!r}" + (f" for split {split!r}" if split else ""))
-    columns = {
-        "urls": [f.url for f in files],
-        "paths": [f.path for f in files],
-        "composers": [f.composer for f in files],
-    }
-    return IterableDataset.from_generator(_read, gen_kwargs=columns, features=FEATURES)
+    if files[0].in_archive:
+        listed = {f.path for f in list_midi_files(uri)} if split or max_files else {f.path for f in files}
+        # tuples and sets: datasets makes one shard per item of a list, and the archive is one
+        kwargs = {"archives": [files[0].url], "files": tuple(files), "listed": frozenset(listed)}
+        return IterableDataset.from_generator(_read_archive, gen_kwargs=kwargs, features=FEATURES)
+    return IterableDataset.from_generator(_read, gen_kwargs={"files": files}, features=FEATURES)
 
 
 def mix_sources(
@@ -265,11 +392,17 @@ def tokenizer_for_sources(
     uris: list[str], bpe_vocab_size: int = 0, bpe_max_files: int = 2000, weights: list[float] | None = None
 ) -> MusicTokenizer:
     """A new tokenizer with a condition token for every label in `uris` (all splits, so a
-    composer seen only in validation still has one), the training files per composer, and, if
+    composer seen only in validation still has one; genres, tempo buckets and modes where a
+    source knows them), the training files per composer, and, if
     `bpe_vocab_size`, BPE learned on up to `bpe_max_files` training files, sampled from the
     sources by `weights`."""
     files = [f for uri in uris for f in list_midi_files(uri)]
     tokenizer = MusicTokenizer(composers={f.composer for f in files})
+    labels = [json.loads(f.conditions) for f in files if f.conditions]
+    for kind in dict.fromkeys(kind for conditions in labels for kind in conditions):  # in the sources' order
+        values = {conditions.get(kind) for conditions in labels} - {None, UNKNOWN}
+        if values:
+            tokenizer.add_conditions(kind, values)
     tokenizer.training_pieces = dict(Counter(f.composer for f in files if f.split == "train"))
     if bpe_vocab_size:
         rows = itertools.islice(mix_sources(uris, split="train", weights=weights), bpe_max_files)

@@ -1,10 +1,15 @@
-"""The music tokenizer: miditok REMI plus composer condition tokens.
+"""The music tokenizer: miditok REMI plus condition tokens.
 
 Ids `[0, len(base))` are miditok's own (its special tokens PAD/BOS/EOS first, then
-REMI tokens, then learned BPE tokens); the condition tokens `Composer_<name>` follow,
-`Composer_Unknown` first. Keeping them outside miditok's vocabulary means that BPE can
-be trained without touching them and that a composer added later just takes the next
-id, so the ids of a trained model never move.
+REMI tokens, then learned BPE tokens); the condition tokens follow: `Composer_<name>`,
+`Composer_Unknown` first, and, in a tokenizer built from data that knows them, `Genre_<name>`,
+`TempoBucket_<name>` and `Mode_<name>`, each kind with its own `Unknown` (`conditions.py`).
+Keeping them outside miditok's vocabulary means that BPE can be trained without touching them
+and that a value added later just takes the next id, so the ids of a trained model never move.
+
+A piece is `BOS`, one condition token per kind the tokenizer has (in `conditions.KINDS`
+order), its music, `EOS`: a composer-only tokenizer (all made before other kinds existed)
+frames it as `BOS, Composer_<name>, <music>, EOS`, as it always has.
 
 A saved folder holds miditok's `tokenizer.json` (readable by miditok alone) and
 `music_tokenizer.json`, a plain JSON description of the condition tokens, of how many
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 import tempfile
 from collections.abc import Iterable
@@ -27,13 +33,13 @@ import symusic
 from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from .composers import ALIASES, HYPHENATED, UNKNOWN, canonical_composer
+from .composers import ALIASES, HYPHENATED, UNKNOWN
+from .conditions import KINDS, TEMPO_BUCKETS, TOKEN_PREFIXES, canonical_value
 from .grammar import CONDITION, MusicGrammar, token_type
 from .hub import hub_access, looks_local
 
 BASE_FILE = "tokenizer.json"
 CONDITIONS_FILE = "music_tokenizer.json"
-COMPOSER_PREFIX = "Composer_"
 # The longest piece of the classical set and the Lakh sample spans 9,035 quarter notes (Bach's Art
 # of Fugue in one file); past 11 times that, a file's times are damaged (`time_problem`).
 MAX_QUARTER_NOTES = 100_000
@@ -135,7 +141,7 @@ def cut_track(data: bytes) -> str | None:
 
 
 class MusicTokenizer:
-    """REMI tokens of a piece framed as `BOS, Composer_<name>, <music>, EOS`."""
+    """REMI tokens of a piece framed as `BOS, <one token per condition kind>, <music>, EOS`."""
 
     def __init__(self, base: miditok.REMI | None = None, composers: Iterable[str] = ()) -> None:
         self.base = base if base is not None else miditok.REMI(default_base_config())
@@ -144,7 +150,7 @@ class MusicTokenizer:
                 raise ValueError(
                     f"the miditok tokenizer lacks {name}: create it with special_tokens=['PAD', 'BOS', 'EOS']"
                 )
-        self._conditions: list[str] = [UNKNOWN]
+        self._conditions: list[tuple[str, str]] = [("composer", UNKNOWN)]  # (kind, name) in id order
         self.add_composers(composers)
         # Training pieces per composer (`Unknown` included) of the data behind the tokenizer, or
         # behind the model it was saved with: which composer tokens a model has learned well.
@@ -177,59 +183,114 @@ class MusicTokenizer:
         return self.base.vocab["EOS_None"]
 
     @property
+    def kinds(self) -> list[str]:
+        """The condition kinds of this tokenizer, in the order their tokens follow BOS."""
+        return [kind for kind in KINDS if (kind, UNKNOWN) in self._conditions]
+
+    @property
+    def prefix_length(self) -> int:
+        """BOS and one condition token per kind: where a sequence's music starts."""
+        return 1 + len(self.kinds)
+
+    def values(self, kind: str) -> list[str]:
+        """The values of a condition kind this tokenizer has tokens for (not `Unknown`)."""
+        return [name for k, name in self._conditions if k == kind and name != UNKNOWN]
+
+    @property
     def composers(self) -> list[str]:
         """The canonical composer names this tokenizer has tokens for (not `Unknown`)."""
-        return self._conditions[1:]
+        return self.values("composer")
 
     @property
     def condition_token_ids(self) -> dict[str, int]:
-        return {COMPOSER_PREFIX + name: self.base_vocab_size + i for i, name in enumerate(self._conditions)}
+        base = self.base_vocab_size
+        return {TOKEN_PREFIXES[kind] + name: base + i for i, (kind, name) in enumerate(self._conditions)}
 
-    def add_composers(self, names: Iterable[str]) -> list[int]:
-        """Add condition tokens for new composers (e.g. before fine-tuning); return their ids.
+    def add_conditions(self, kind: str, names: Iterable[str | float]) -> list[int]:
+        """Add tokens for new values of a condition kind (and the kind's `Unknown` if it is new);
+        return their ids.
 
-        Known names and aliases are ignored. A model trained with this tokenizer needs
-        `model.resize_token_embeddings(len(tokenizer))` afterwards.
+        Known values and aliases are ignored. A model trained with this tokenizer needs
+        `model.resize_token_embeddings(len(tokenizer))` afterwards; a new kind also lengthens
+        every sequence's prefix by one token, which a trained model has to learn.
         """
+        new = {canonical_value(kind, n) for n in names} - {name for k, name in self._conditions if k == kind}
+        if kind != "composer":
+            new -= {UNKNOWN}
         added = []
-        for name in sorted({canonical_composer(n) for n in names} - set(self._conditions)):
-            self._conditions.append(name)
+        for name in ([UNKNOWN] if (kind, UNKNOWN) not in self._conditions else []) + sorted(new - {UNKNOWN}):
+            self._conditions.append((kind, name))
             added.append(self.base_vocab_size + len(self._conditions) - 1)
         return added
+
+    def add_composers(self, names: Iterable[str]) -> list[int]:
+        """Add condition tokens for new composers (e.g. before fine-tuning); return their ids
+        (see `add_conditions`)."""
+        return self.add_conditions("composer", names)
 
     def fingerprint(self) -> str:
         """A digest of everything that decides the ids (miditok's configuration, vocabulary and
         BPE model, and the condition tokens): token ids stored for one tokenizer are valid for
-        another only when their fingerprints are equal."""
+        another only when their fingerprints are equal. Composers are hashed by bare name, as
+        before other kinds existed, so that earlier token caches stay valid."""
         with tempfile.TemporaryDirectory() as folder:
             self.base.save(Path(folder) / BASE_FILE)
             base = (Path(folder) / BASE_FILE).read_bytes()
-        return hashlib.sha256(base + json.dumps(self._conditions).encode()).hexdigest()[:16]
+        names = [name if kind == "composer" else TOKEN_PREFIXES[kind] + name for kind, name in self._conditions]
+        return hashlib.sha256(base + json.dumps(names).encode()).hexdigest()[:16]
 
-    def condition_name(self, composer: str | None) -> str | None:
-        """The name of `composer`'s token here: its canonical name, or the spelling a tokenizer
-        made before an alias merged that spelling into the canonical name has a token for (its
-        models keep working); None when there is neither."""
-        name = canonical_composer(composer)
-        if name in self._conditions:
+    def condition_name(self, value: str | float | None, kind: str = "composer") -> str | None:
+        """The name of `value`'s token here: its canonical name, or for a composer the spelling a
+        tokenizer made before an alias merged that spelling into the canonical name has a token for
+        (its models keep working); None when there is neither."""
+        name = canonical_value(kind, value)
+        if (kind, name) in self._conditions:
             return name
-        return next((old for old, new in ALIASES.items() if new == name and old in self._conditions), None)
+        if kind != "composer":
+            return None
+        spellings = (old for old, new in ALIASES.items() if new == name and ("composer", old) in self._conditions)
+        return next(spellings, None)
+
+    def condition_id(self, kind: str, value: str | float | None) -> int:
+        """Id of a condition token (None gives the kind's `Unknown`); an unknown value, or a kind
+        this tokenizer has not, is an error that names what it knows."""
+        if kind not in self.kinds:
+            raise ValueError(f"this tokenizer has no {kind} condition: it has {', '.join(self.kinds)}")
+        name = self.condition_name(value, kind)
+        if name is None:
+            known = ", ".join(self.values(kind)) or "none"
+            adder = "add_composers" if kind == "composer" else "add_conditions"
+            raise ValueError(
+                f"unknown {kind} {value!r}: this tokenizer knows {known}; add it with MusicTokenizer.{adder}"
+            )
+        return self.base_vocab_size + self._conditions.index((kind, name))
 
     def composer_token_id(self, composer: str | None) -> int:
         """Id of `Composer_<name>` (None gives `Composer_Unknown`); an unknown name is an error."""
-        name = self.condition_name(composer)
-        if name is None:
-            known = ", ".join(self.composers) or "none"
-            raise ValueError(
-                f"unknown composer {composer!r}: this tokenizer knows {known}; "
-                "add it with MusicTokenizer.add_composers"
-            )
-        return self.base_vocab_size + self._conditions.index(name)
+        return self.condition_id("composer", composer)
+
+    def prefix_ids(self, conditions: dict[str, str | float | None] | None = None, *, strict: bool = True) -> list[int]:
+        """`BOS` and the condition tokens of `conditions` (kind -> value; a kind left out is
+        `Unknown`). `strict=False` (labels read from data) takes an unknown value, or a kind this
+        tokenizer has not, as `Unknown` instead of failing."""
+        conditions = {kind: value for kind, value in (conditions or {}).items() if value is not None}
+        if strict:
+            for kind in conditions:
+                if kind not in self.kinds and canonical_value(kind, conditions[kind]) != UNKNOWN:
+                    self.condition_id(kind, conditions[kind])  # raises: no such kind here
+        elif conditions:
+            conditions = {k: v for k, v in conditions.items() if k in self.kinds and self.condition_name(v, k)}
+        return [self.bos_token_id, *(self.condition_id(kind, conditions.get(kind)) for kind in self.kinds)]
+
+    def piece_conditions(self, ids: list[int]) -> dict[str, str]:
+        """Kind -> value of a sequence's condition tokens (its prefix)."""
+        return dict(self._conditions[i - self.base_vocab_size] for i in ids[1 : self.prefix_length])
 
     def id_to_token(self, token_id: int) -> str:
         """The token string of an id: a condition token, or miditok's (BPE) token."""
         if token_id >= self.base_vocab_size:
-            return COMPOSER_PREFIX + self._conditions[token_id - self.base_vocab_size]
+            kind, name = self._conditions[token_id - self.base_vocab_size]
+            return TOKEN_PREFIXES[kind] + name
         return "+".join(self.base_tokens(token_id))
 
     def base_tokens(self, token_id: int) -> list[str]:
@@ -246,14 +307,18 @@ class MusicTokenizer:
         return MusicGrammar(self.base.tokens_types_graph, types + [[CONDITION]] * len(self._conditions))
 
     # ----- encoding -----
-    def encode(self, midi: MidiInput, composer: str | None = None) -> list[int]:
-        """Token ids of a piece: `BOS, Composer_<composer>, <REMI/BPE tokens>, EOS`."""
-        condition = self.composer_token_id(composer)
+    def encode(
+        self, midi: MidiInput, composer: str | None = None, *, strict: bool = True, **conditions: str | float | None
+    ) -> list[int]:
+        """Token ids of a piece: `BOS, Composer_<composer>, <other conditions>, <REMI/BPE tokens>, EOS`
+        (`conditions`: genre=, tempo=, mode=, each `Unknown` when left out; `strict` as in
+        `prefix_ids`)."""
+        prefix = self.prefix_ids({"composer": composer, **conditions}, strict=strict)
         music = self.base.encode(load_score(midi)).ids
         if self.base.is_trained:  # drop the bare word marker: it carries no music
             marker = self.base.vocab_model.get(WORD_MARKER)
             music = [i for i in music if i != marker]
-        return [self.bos_token_id, condition, *music, self.eos_token_id]
+        return [*prefix, *music, self.eos_token_id]
 
     def decode(self, ids: Iterable[int]) -> symusic.Score:
         """A Score from token ids; special and condition tokens are dropped."""
@@ -294,6 +359,8 @@ class MusicTokenizer:
             "pad_token_id": self.pad_token_id,
             "unknown_composer": UNKNOWN,
             "condition_tokens": self.condition_token_ids,
+            "condition_kinds": {kind: TOKEN_PREFIXES[kind] for kind in self.kinds},
+            "tempo_buckets": {name: None if math.isinf(bound) else bound for name, bound in TEMPO_BUCKETS.items()},
             "training_pieces": dict(sorted(self.training_pieces.items(), key=lambda item: (-item[1], item[0]))),
             "composer_aliases": ALIASES,
             "hyphenated_composers": list(HYPHENATED),
@@ -330,9 +397,9 @@ class MusicTokenizer:
         description = json.loads((folder / CONDITIONS_FILE).read_text())
         tokenizer = cls(base)
         by_id = sorted(description["condition_tokens"].items(), key=lambda item: item[1])
-        tokenizer._conditions = [token.removeprefix(COMPOSER_PREFIX) for token, _ in by_id]
+        tokenizer._conditions = [_kind_and_name(token) for token, _ in by_id]
         tokenizer.training_pieces = description.get("training_pieces", {})
-        if by_id[0][1] != tokenizer.base_vocab_size or tokenizer._conditions[0] != UNKNOWN:
+        if by_id[0][1] != tokenizer.base_vocab_size or tokenizer._conditions[0] != ("composer", UNKNOWN):
             raise ValueError(f"{folder / CONDITIONS_FILE} does not match {folder / BASE_FILE}: rebuild the tokenizer")
         return tokenizer
 
@@ -344,3 +411,11 @@ class MusicTokenizer:
             self.save_pretrained(folder)
             commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Upload music tokenizer")
         return commit.commit_url
+
+
+def _kind_and_name(token: str) -> tuple[str, str]:
+    """(kind, name) of a condition token such as `Genre_jazz`."""
+    kind = next((kind for kind, prefix in TOKEN_PREFIXES.items() if token.startswith(prefix)), None)
+    if kind is None:
+        raise ValueError(f"condition token {token!r} has none of the prefixes {', '.join(TOKEN_PREFIXES.values())}")
+    return kind, token.removeprefix(TOKEN_PREFIXES[kind])
