@@ -19,6 +19,7 @@ from transformers import AutoModelForSequenceClassification
 
 from tokenization.blocks import BlockCollator, as_piece
 from tokenization.composers import UNKNOWN
+from tokenization.sources import label_of
 from tokenization.tokenizer import MusicTokenizer
 
 MIN_MUSIC_TOKENS = 16  # shorter pieces say too little to be labelled
@@ -26,13 +27,13 @@ MIN_MUSIC_TOKENS = 16  # shorter pieces say too little to be labelled
 
 @dataclass
 class LabelledPiece:
-    music: list[int]  # token ids without BOS, condition and EOS
-    composer: str
+    music: list[int]  # token ids without BOS, conditions and EOS
+    label: str  # its composer, or its value of the condition the classifier learns
     path: str
 
 
 def composers_by_files(counts: Counter, min_files: int) -> list[str]:
-    """Composers (not `Unknown`) with at least `min_files` pieces in `counts`, most first."""
+    """Composers (or genres, ...; not `Unknown`) with at least `min_files` pieces in `counts`, most first."""
     return [
         name
         for name, n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
@@ -56,9 +57,10 @@ def labelled_pieces(
     composers: Collection[str],
     skipped: Counter,
     max_per_composer: int | None = None,
+    kind: str = "composer",
 ) -> list[LabelledPiece]:
-    """The pieces of `composers` among source rows (token-cache or MIDI rows; up to
-    `max_per_composer` each), as music tokens.
+    """The pieces of `composers` (or of these values of another condition `kind`) among source
+    rows (token-cache or MIDI rows; up to `max_per_composer` each), as music tokens.
 
     Rows of other composers are passed over before MIDI is parsed; unusable files are
     counted in `skipped`.
@@ -66,7 +68,7 @@ def labelled_pieces(
     taken: Counter = Counter()
     pieces = []
     for row in rows:
-        name = row["composer"]
+        name = label_of(row, kind)
         if name not in composers or (max_per_composer is not None and taken[name] >= max_per_composer):
             continue
         piece = as_piece(tokenizer, row, skipped)
@@ -88,7 +90,7 @@ def frame(tokenizer: MusicTokenizer, music: list[int]) -> list[int]:
 def evaluation_windows(
     pieces: Iterable[LabelledPiece], tokenizer: MusicTokenizer, length: int, per_piece: int = 1
 ) -> tuple[list[list[int]], list[str]]:
-    """(windows, composers): consecutive windows from each piece's start, up to `per_piece`.
+    """(windows, labels): consecutive windows from each piece's start, up to `per_piece`.
 
     The first window may be shorter than `length` (a short piece); later ones are whole.
     """
@@ -99,7 +101,7 @@ def evaluation_windows(
             if start and len(chunk) < length:
                 break
             windows.append(frame(tokenizer, chunk))
-            labels.append(piece.composer)
+            labels.append(piece.label)
     return windows, labels
 
 
@@ -142,7 +144,8 @@ def rank_labels(model: torch.nn.Module, windows: list[list[int]], batch_size: in
 
 
 class Judge:
-    """The composer classifier, which reads music with its own tokenizer."""
+    """The composer classifier (or the classifier of another condition, `condition`), which reads
+    music with its own tokenizer."""
 
     def __init__(self, folder: str, device: str, model_tokenizer: MusicTokenizer) -> None:
         self.model = AutoModelForSequenceClassification.from_pretrained(folder).to(device)
@@ -151,6 +154,7 @@ class Judge:
         if self.window is None:
             raise ValueError(f"{folder} has no window_tokens in its config: give a train_classifier.py output folder")
         self.labels = list(self.model.config.label2id)
+        self.condition = getattr(self.model.config, "condition", "composer")
         self.shared = same_vocabulary(self.tokenizer, model_tokenizer)
 
     def read(self, samples: list[list[int]], scores: list[symusic.Score]) -> list[list[int]]:
@@ -160,7 +164,7 @@ class Judge:
         encode it: the classifier then misses that sample)."""
         if self.shared:
             special = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
-            return [[i for i in ids[2:] if i not in special] for ids in samples]
+            return [[i for i in ids[self.tokenizer.prefix_length :] if i not in special] for ids in samples]
         musics = []
         for score in scores:
             try:

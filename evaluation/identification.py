@@ -29,6 +29,7 @@ from accelerate import Accelerator
 
 from tokenization import BlockCollator, MusicTokenizer
 from tokenization.blocks import IGNORE
+from tokenization.sources import label_of
 
 from .likelihood import token_nll
 
@@ -51,18 +52,13 @@ def window_tokens(config, length: int, tokenizer: MusicTokenizer) -> int:
     return min(length, getattr(config, "n_positions", length + prefix) - prefix)
 
 
-def piece_label(piece: dict, tokenizer: MusicTokenizer, kind: str) -> str:
-    """A piece's value of `kind`: its composer as its source named it, another kind as its prefix says."""
-    return piece["composer"] if kind == "composer" else tokenizer.piece_conditions(piece["ids"])[kind]
-
-
 def condition_candidates(pieces: Iterable[dict], tokenizer: MusicTokenizer, kind: str) -> list[str]:
     """The values of `kind` that the tokenizer knows and some of `pieces` carry: the candidates of
     identifying `kind` on them (an error naming the kinds there are, for a kind the tokenizer has
     not; fewer than 2 is an error too)."""
     if kind not in tokenizer.kinds:
         raise ValueError(f"the model has no {kind} condition to identify: it has {', '.join(tokenizer.kinds)}")
-    found = {piece_label(piece, tokenizer, kind) for piece in pieces}
+    found = {label_of(piece, kind) for piece in pieces}
     values = [value for value in tokenizer.values(kind) if value in found]
     if len(values) < 2:
         raise ValueError(
@@ -81,7 +77,7 @@ def identification_windows(
     wanted, prefix = set(labels), tokenizer.prefix_length
     windows = []
     for piece in pieces:
-        music, label = list(piece["ids"][prefix:-1]), piece_label(piece, tokenizer, kind)
+        music, label = list(piece["ids"][prefix:-1]), label_of(piece, kind)
         if label not in wanted or len(music) < MIN_TOKENS:
             continue
         head = tuple(piece["ids"][:prefix])

@@ -52,6 +52,15 @@ class SourceTerms:
 
 # What is known of a source's terms and labels, by a part of its location.
 KNOWN_SOURCES = {
+    "midicaps": SourceTerms(
+        "CC-BY-SA 4.0 (per the dataset card of amaai-lab/MidiCaps; its MIDI is the Lakh MIDI Dataset, CC-BY 4.0, "
+        "C. Raffel): credit both",
+        "`Unknown` (MidiCaps names no artist); its genre, tempo bucket and mode come from `train.json` (the most "
+        "probable genre, the tempo in bpm, the key's mode)",
+        "@article{melechovsky2024midicaps,\n  author = {Jan Melechovsky and Abhinaba Roy and Dorien Herremans},\n"
+        "  title = {MidiCaps: A Large-scale MIDI Dataset with Text Captions},\n  journal = {arXiv:2406.02255},\n"
+        "  year = {2024}\n}",
+    ),
     "midi-classical-music": SourceTerms(
         "MIT (per the dataset card of drengskapur/midi-classical-music)",
         "the file name's prefix (`bach-...mid`), with spellings of one composer merged (`haendel` is `handel`) "
@@ -100,6 +109,15 @@ def composer_list(tokenizer: MusicTokenizer) -> str:
     if not pieces:
         return ", ".join(f"`{name}`" for name in names) + " (training pieces not recorded)"
     return ", ".join(f"`{name}` ({pieces.get(name, 0)})" for name in names)
+
+
+def other_conditions(tokenizer: MusicTokenizer) -> str:
+    """The values of the conditions besides the composer, one line per kind ("" for none)."""
+    return "\n".join(
+        f"- `{kind}=`: " + ", ".join(f"`{value}`" for value in tokenizer.values(kind))
+        for kind in tokenizer.kinds
+        if kind != "composer"
+    )
 
 
 def conditioning_sentence(metrics: dict) -> str:
@@ -229,6 +247,7 @@ def model_card(
         repo_id=repo_id or name,
         example_composer=next((c for c in ("bach", *composers) if c in composers), "Unknown"),
         composers=composer_list(tokenizer) if composers else "none",
+        other_conditions=other_conditions(tokenizer),
         sources=terms,
         training_total=f"{sum(pieces.values()):,}" if pieces else "An unrecorded number of",
         training=training,

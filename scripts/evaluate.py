@@ -82,6 +82,13 @@ class Arguments:
         default=False,
         metadata={"help": "Only bits per token and per note (no classifier, no samples), e.g. for a compact copy."},
     )
+    condition_classifier: str | None = field(
+        default=None,
+        metadata={
+            "help": "A classifier of one of the --identify conditions (train_classifier.py --condition genre): "
+            "its accuracy on the same windows, beside the likelihood's."
+        },
+    )
     identify: str | None = field(
         default=None,
         metadata={
@@ -135,12 +142,27 @@ def identify_kinds(args: Arguments) -> list[str]:
     return [kind for kind in dict.fromkeys(kinds) if kind != "composer" or args.likelihood_only]
 
 
+def condition_classifier(args: Arguments, tokenizer, device: str) -> Judge | None:
+    """The --condition_classifier, which must judge one of the --identify conditions."""
+    if not args.condition_classifier:
+        return None
+    judge = Judge(args.condition_classifier, device, tokenizer)
+    if judge.condition not in identify_kinds(args):
+        raise ValueError(
+            f"{args.condition_classifier} classifies the {judge.condition}: add --identify {judge.condition}"
+        )
+    return judge
+
+
 def identification_line(kind: str, found: dict | None) -> str:
     """One line of a condition's identification: accuracy per window position, and chance."""
     if found is None:
         return f"{kind} identification: none (an n-gram model sees its condition only at the start)"
     positions = ", ".join(
-        f"{p} {found[p]['accuracy']:.3f} ({found[p]['windows']} windows)" for p in POSITIONS if p in found
+        f"{p} {found[p]['accuracy']:.3f} ({found[p]['windows']} windows"
+        + (f"; classifier {found[p]['classifier']:.3f})" if found[p].get("classifier") is not None else ")")
+        for p in POSITIONS
+        if p in found
     )
     return (
         f"{kind} identification over {len(found['composers'])} values: {positions or 'no window long enough'}; "
@@ -183,11 +205,12 @@ def main(argv: list[str] | None = None) -> dict | None:
         likelihood = evaluated.likelihood(
             [row for row in rows if row["path"] in sample], args.block_size, args.batch_size
         )
+        condition_judge = condition_classifier(args, evaluated.tokenizer, device)
         identified = {
             kind: evaluated.identification(
                 rows,
                 condition_candidates(rows, evaluated.tokenizer, kind),
-                None,
+                condition_judge if condition_judge is not None and condition_judge.condition == kind else None,
                 args.identification_tokens,
                 args.batch_size,
                 kind,
@@ -214,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             print(identification_line(kind, found))
         return results
     pieces = labelled_pieces(rows, evaluated.tokenizer, set(composers), Counter())
-    missing = sorted(set(composers) - {piece.composer for piece in pieces})
+    missing = sorted(set(composers) - {piece.label for piece in pieces})
     if missing:
         parser.error(
             f"the test split of {', '.join(args.sources)} has no piece of {', '.join(missing)}: "
@@ -229,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     }
     # Real excerpts as long as the samples: range and density grow with length.
     excerpts = {
-        c: [evaluated.tokenizer.decode(p.music[: args.length]) for p in pieces if p.composer == c] for c in composers
+        c: [evaluated.tokenizer.decode(p.music[: args.length]) for p in pieces if p.label == c] for c in composers
     }
     judged = pieces
     if not judge.shared:
@@ -240,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     results["real"] = {
         "pieces": {c: len(excerpts[c]) for c in composers},
         "chance": {"top1": 1 / len(judge.labels), "top3": min(3 / len(judge.labels), 1.0)},
-        "classifier": topk_accuracy([p.composer for p in judged], judge.rank([p.music for p in judged])),
+        "classifier": topk_accuracy([p.label for p in judged], judge.rank([p.music for p in judged])),
     }
     real_histograms = {c: set_histograms(excerpts[c]) for c in composers}
     results["runs"], plots = [], []

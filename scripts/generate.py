@@ -163,10 +163,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         model, model_name = resolve_model(args.model)
         soundfont = find_soundfont(args.soundfont) if args.render else None
         with hub_access("model", model, MODEL_INSTEAD):
-            vocabulary = MusicVocabulary(model)  # the tokenizer alone: quick, and what the lists need
-            if not (args.list_composers or args.list_conditions):
+            if args.list_composers or args.list_conditions:
+                vocabulary = MusicVocabulary(model)  # the tokenizer alone: no model to load
+            else:
                 started = time.perf_counter()
-                results = generate(args, model, composer_names(args, vocabulary))
+                results = generate(args, model)
     if args.list_composers or args.list_conditions:
         (print_conditions if args.list_conditions else print_composers)(model, vocabulary)
         return []
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return rows
 
 
-def generate(args: Arguments, model: str, composers: list[str]) -> list[dict]:
+def generate(args: Arguments, model: str) -> list[dict]:
     """All samples in one pipeline call; with --stream, the call samples on this thread and
     another prints the notes as they come. (Sampling on a second thread after this one loaded
     the model makes PyTorch's OpenMP workers sleep between operations, libgomp's rule once more
@@ -184,6 +185,7 @@ def generate(args: Arguments, model: str, composers: list[str]) -> list[dict]:
     generator = pipeline(
         "midi-generation", model=model, pipeline_class=modeling.MidiGenerationPipeline, device=args.device
     )
+    composers = composer_names(args, generator.vocabulary)
     settings = {
         "composer": composers,
         **other_conditions(args),

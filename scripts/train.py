@@ -474,10 +474,11 @@ def card_fields(
             f"warm-up steps then {train_args.lr_scheduler_type}, weight decay {train_args.weight_decay:g}"
         ),
         "conditioning": (
-            f"composer token at the head of {'every block' if data_args.condition_every_block else 'each piece'}; "
-            f"`Composer_Unknown` instead for {data_args.condition_dropout:.0%} of them"
+            f"{', '.join(tokenizer.kinds)} token{'s' if len(tokenizer.kinds) > 1 else ''} at the head of "
+            f"{'every block' if data_args.condition_every_block else 'each piece'}; each its kind's `Unknown` "
+            f"instead for {data_args.condition_dropout:.0%} of them"
         ),
-        "tokenizer": f"miditok, {base} tokens + {len(tokenizer.composers) + 1} composer tokens",
+        "tokenizer": f"miditok, {base} tokens + {len(tokenizer.condition_token_ids)} condition tokens",
         "seed": str(train_args.seed),
     }
     return {

@@ -1,4 +1,5 @@
-"""Train a composer classifier over music tokens: the judge of generated music.
+"""Train a composer classifier over music tokens: the judge of generated music (or of another
+condition: `--condition genre` on MidiCaps).
 
     python scripts/train_classifier.py --sources ../shared/data/midi-classical-music \\
         --init_from modeling/pretrained/gpt2-small-classical --output_dir outputs/classifier
@@ -9,7 +10,7 @@ A sequence-classification head on GPT-2: on a trained language model (`--init_fr
 tokenizer it keeps) or on a fresh GPT-2 of a preset size (`--preset`, `--tokenizer`). It
 learns from class-balanced random windows of the training split's pieces, checkpoints and
 resumes like `train.py`, and ends with top-1 / top-3 accuracy per composer on windows of
-the test split, the ceiling for generated music. The output folder loads with
+the test split, the ceiling for generated music, beside chance. The output folder loads with
 `AutoModelForSequenceClassification.from_pretrained` and holds the tokenizer and
 `classifier_results.json`.
 """
@@ -57,7 +58,7 @@ from tokenization import (
     skip_summary,
     tokenizer_for,
 )
-from tokenization.composers import canonical_composer
+from tokenization.conditions import KINDS, canonical_value
 
 logger = get_logger(__name__)
 RESULTS_FILE = "classifier_results.json"
@@ -82,11 +83,19 @@ class Arguments:
     tokenizer: str | None = field(
         default=None, metadata={"help": "Tokenizer without --init_from; left out: built from the sources."}
     )
+    condition: str = field(
+        default="composer", metadata={"help": "What the classes are: composer, or genre, tempo or mode (MidiCaps)."}
+    )
     composers: str | None = field(
-        default=None, metadata={"help": "Comma-separated classes; left out: those with --min_files training files."}
+        default=None,
+        metadata={
+            "help": "Comma-separated classes (composers, or values of --condition); left out: those with "
+            "--min_files training files."
+        },
     )
     min_files: int = field(
-        default=100, metadata={"help": "Training pieces (all sources together) a composer needs to be a class."}
+        default=100,
+        metadata={"help": "Training pieces (all sources together) a composer (or value) needs to be a class."},
     )
     max_pieces_per_composer: int = field(default=200, metadata={"help": "Training pieces read per composer."})
     window_tokens: int = field(default=256, metadata={"help": "Music tokens per classified window."})
@@ -107,14 +116,16 @@ class Arguments:
 
 def class_names(args: Arguments, tokenizer: MusicTokenizer) -> list[str]:
     if args.composers:
-        names = list(dict.fromkeys(canonical_composer(n) for n in args.composers.split(",") if n.strip()))
+        names = list(dict.fromkeys(canonical_value(args.condition, n) for n in args.composers.split(",") if n.strip()))
     else:
-        counts = composer_counts(args.sources, "train", tokenizer, cached=args.token_cache, cache_dir=args.cache_dir)
+        counts = composer_counts(
+            args.sources, "train", tokenizer, cached=args.token_cache, cache_dir=args.cache_dir, kind=args.condition
+        )
         names = sorted(composers_by_files(counts, args.min_files))
     if len(names) < 2:
         raise ValueError(
-            f"a classifier needs at least 2 composers, got {names or 'none'}: lower --min_files or name them "
-            "with --composers"
+            f"a classifier needs at least 2 {args.condition}s, got {names or 'none'}: lower --min_files "
+            "or name them with --composers"
         )
     return names
 
@@ -141,36 +152,41 @@ def load_backbone(args: Arguments, names: list[str], tokenizer: MusicTokenizer) 
                 f"{args.init_from} has no sequence-classification head in transformers "
                 f"({str(error).splitlines()[0]}): start from a GPT-2 (transformer) model"
             ) from None
-    else:  # positions for what it reads: a window framed as BOS, Composer_Unknown, music
-        config = modeling.build_config(
-            "transformer", args.preset, tokenizer, n_positions=args.window_tokens + 2, **labels
-        )
+    else:  # positions for what it reads: a window framed as BOS, every condition Unknown, music
+        frame = args.window_tokens + tokenizer.prefix_length
+        config = modeling.build_config("transformer", args.preset, tokenizer, n_positions=frame, **labels)
         model = AutoModelForSequenceClassification.from_config(config)
-    if args.window_tokens + 2 > model.config.n_positions:
+    prefix = tokenizer.prefix_length
+    if args.window_tokens + prefix > model.config.n_positions:
         raise ValueError(
-            f"--window_tokens {args.window_tokens} and the 2 tokens framing a window exceed the model's "
-            f"{model.config.n_positions} positions: give --window_tokens {model.config.n_positions - 2} or less"
+            f"--window_tokens {args.window_tokens} and the {prefix} tokens framing a window exceed the model's "
+            f"{model.config.n_positions} positions: give --window_tokens {model.config.n_positions - prefix} or less"
         )
-    missing = [n for n in names if n not in tokenizer.composers]
+    missing = [n for n in names if n not in tokenizer.values(args.condition)]
     if missing:
         logger.warning("the tokenizer has no condition token for %s (fine: windows carry none)", ", ".join(missing))
     model.config.window_tokens = args.window_tokens
+    model.config.condition = args.condition
     return model
 
 
 def read_pieces(args: Arguments, tokenizer: MusicTokenizer, names: list[str], split: str, limit: int | None):
     skipped: Counter = Counter()
     rows = open_pieces(args.sources, split, tokenizer, cached=args.token_cache, cache_dir=args.cache_dir, repeat=False)
-    pieces = labelled_pieces(rows, tokenizer, set(names), skipped, limit)
-    logger.info("%s: %d pieces of %d composers; %s", split, len(pieces), len(names), skip_summary(skipped))
+    pieces = labelled_pieces(rows, tokenizer, set(names), skipped, limit, args.condition)
+    logger.info(
+        "%s: %d pieces of %d %s classes; %s", split, len(pieces), len(names), args.condition, skip_summary(skipped)
+    )
     return pieces
 
 
 def held_out_accuracy(model, tokenizer, pieces: list, args: Arguments) -> dict:
-    """Top-1 / top-3 per composer on test-split windows (the ceiling for generated music)."""
+    """Top-1 / top-3 per class on test-split windows (the ceiling for generated music), and chance."""
     windows, labels = evaluation_windows(pieces, tokenizer, args.window_tokens, args.eval_windows_per_piece)
     ranked = rank_labels(model, windows, args.per_device_eval_batch_size)
-    return topk_accuracy(labels, ranked) | {"pieces": len(pieces), "windows": len(windows)}
+    classes = len(model.config.id2label)
+    chance = {"top1": 1 / classes, "top3": min(3 / classes, 1.0)}
+    return topk_accuracy(labels, ranked) | {"pieces": len(pieces), "windows": len(windows), "chance": chance}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -182,6 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(args.seed)  # before the head is initialised
     with parser.failures():
         counts = (args.window_tokens, args.max_steps, args.logging_steps, args.eval_windows_per_piece)
+        if args.condition not in KINDS:
+            raise ValueError(f"--condition {args.condition}: choose one of {', '.join(KINDS)}")
         if min(*counts, args.per_device_train_batch_size, args.per_device_eval_batch_size) < 1:
             raise ValueError(
                 "--window_tokens, --max_steps, --logging_steps, --eval_windows_per_piece and the batch sizes "
@@ -200,14 +218,14 @@ def main(argv: list[str] | None = None) -> dict:
     if accelerator.is_main_process:
         remove_partial_checkpoints(output_dir)  # left by a run killed while saving
     pieces = read_pieces(args, tokenizer, names, "train", args.max_pieces_per_composer)
-    by_composer = {name: [p for p in pieces if p.composer == name] for name in names}
+    by_composer = {name: [p for p in pieces if p.label == name] for name in names}
     empty = [name for name, found in by_composer.items() if not found]
     if empty:
         parser.error(f"no usable training piece of {', '.join(empty)} in {', '.join(args.sources)}")
     test_pieces = read_pieces(args, tokenizer, names, "test", None)  # before training: fail early
     if not test_pieces:
         parser.error(f"the test split of {', '.join(args.sources)} has no piece of {', '.join(names)}")
-    untested = sorted(set(names) - {p.composer for p in test_pieces})
+    untested = sorted(set(names) - {p.label for p in test_pieces})
     if untested:
         logger.warning("no test piece of %s: the mean accuracy leaves them out", ", ".join(untested))
 
@@ -222,7 +240,7 @@ def main(argv: list[str] | None = None) -> dict:
     if checkpoint is not None:
         state, _ = load_checkpoint(accelerator, checkpoint)
         if state["classes"] != names:
-            parser.error(f"{checkpoint} was trained on {', '.join(state['classes'])}: resume with the same composers")
+            parser.error(f"{checkpoint} was trained on {', '.join(state['classes'])}: resume with the same classes")
         logger.info("resumed from %s at step %d", checkpoint, state["step"])
 
     label2id = accelerator.unwrap_model(model).config.label2id
@@ -266,16 +284,17 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer.save_pretrained(output_dir)
         results = {"test": held_out_accuracy(unwrapped, tokenizer, test_pieces, args), "arguments": asdict(args)}
         (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-        print_accuracy(results["test"])
+        print_accuracy(results["test"], args.condition)
     accelerator.wait_for_everyone()
     return results
 
 
-def print_accuracy(test: dict) -> None:
-    print(f"\n{'composer':<16} {'windows':>7} {'top-1':>6} {'top-3':>6}")
+def print_accuracy(test: dict, condition: str) -> None:
+    print(f"\n{condition:<16} {'windows':>7} {'top-1':>6} {'top-3':>6}")
     for name, row in test["per_class"].items():
         print(f"{name:<16} {row['count']:>7} {row['top1']:>6.3f} {row['top3']:>6.3f}")
     print(f"{'mean':<16} {test['windows']:>7} {test['mean']['top1']:>6.3f} {test['mean']['top3']:>6.3f}")
+    print(f"{'chance':<16} {'':>7} {test['chance']['top1']:>6.3f} {test['chance']['top3']:>6.3f}")
 
 
 if __name__ == "__main__":

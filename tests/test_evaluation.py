@@ -33,7 +33,7 @@ def pieces(tokenizer):
 
 
 def test_labelled_pieces_keep_only_the_classes_and_no_frame(pieces, tokenizer):
-    assert Counter(p.composer for p in pieces) == {"bach": 4, "chopin": 4, "mozart": 4}
+    assert Counter(p.label for p in pieces) == {"bach": 4, "chopin": 4, "mozart": 4}
     special = {tokenizer.bos_token_id, tokenizer.eos_token_id, *tokenizer.condition_token_ids.values()}
     assert all(not special & set(p.music) for p in pieces)
     capped = labelled_pieces(load_source("bundled", "train"), tokenizer, {"bach"}, Counter(), max_per_composer=2)
@@ -52,13 +52,13 @@ def test_evaluation_windows_start_at_the_piece_and_carry_no_composer(pieces, tok
     frame = [tokenizer.bos_token_id, tokenizer.composer_token_id(None)]
     assert all(w[:2] == frame and len(w) == 66 for w in windows)
     assert windows[0][2:] == pieces[0].music[:64] and windows[1][2:] == pieces[0].music[64:128]
-    assert len(windows) == 3 * len(pieces) and labels[:3] == [pieces[0].composer] * 3
+    assert len(windows) == 3 * len(pieces) and labels[:3] == [pieces[0].label] * 3
     short = pieces[0].__class__(pieces[0].music[:20], "bach", "x.mid")
     assert evaluation_windows([short], tokenizer, length=64, per_piece=3) == ([frame + short.music], ["bach"])
 
 
 def test_training_batches_are_balanced_and_reproducible(pieces, tokenizer):
-    by_composer = {name: [p for p in pieces if p.composer == name] for name in CLASSES}
+    by_composer = {name: [p for p in pieces if p.label == name] for name in CLASSES}
     windows, labels = training_batch(by_composer, tokenizer, 32, 300, random.Random(1))
     assert set(labels) == set(CLASSES) and min(Counter(labels).values()) > 70  # ~100 each
     assert all(len(w) == 34 for w in windows)

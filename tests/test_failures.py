@@ -53,7 +53,7 @@ CASES = [
     (["compare.py", "--sources", "drengskapur/midi-classical-music", "--tokenizer", BUNDLED_MODEL], HUB_DATASET),
     (["build_tokenizer.py", "--sources", "drengskapur/midi-classical-music"], HUB_DATASET + OFFLINE),
     (["benchmark.py", "data", "--sources", "drengskapur/midi-classical-music"], HUB_DATASET + OFFLINE),
-    (["benchmark.py", "dataset"], "name one: {data|models|pipeline|app}"),
+    (["benchmark.py", "dataset"], "name one: {data|models|pipeline|app|archive}"),
     (["app.py", "--model", "/nowhere"], "--model /nowhere: no such folder"),
     (["gpu_kit.py", "--tokenizer", "/nowhere"], "no tokenizer folder /nowhere"),
 ]

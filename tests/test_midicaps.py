@@ -16,8 +16,9 @@ from transformers import pipeline
 import modeling
 from benchmarks.archive import member_name, metadata_row, write_mirror
 from conftest import ROOT, load_script, train
+from modeling import catalog
 from modeling.pipeline_midi_generation import MusicVocabulary
-from tokenization import MusicTokenizer, TokenBlockStream, TokenCache, list_midi_files, load_source
+from tokenization import MusicTokenizer, TokenBlockStream, TokenCache, list_midi_files, load_source, open_pieces
 from tokenization.cache import source_key
 from tokenization.sources import ARCHIVE_SPLITS, read_archive, resolve, split_of, tokenizer_for_sources
 
@@ -179,3 +180,46 @@ def test_evaluation_reports_genre_identification_with_its_chance(midicaps_model,
     assert "genre identification over 2 values: opening" in result.stdout and "chance 0.500" in result.stdout
     found = json.loads((tmp_path / "eval.json").read_text())["identification_of"]["genre"]
     assert found["kind"] == "genre" and sorted(found["opening"]["truth"]) == ["jazz", "rock"]
+
+
+def test_a_genre_classifier_judges_the_windows_likelihood_identification_reads(midicaps_model, mirror, tmp_path):
+    classifier = tmp_path / "genre-classifier"
+    results = load_script("train_classifier").main(
+        ["--sources", str(mirror), "--init_from", str(midicaps_model), "--condition", "genre", "--min_files", "1"]
+        + ["--window_tokens", "32", "--max_steps", "2", "--per_device_train_batch_size", "4", "--warmup_steps", "1"]
+        + ["--save_steps", "0", "--output_dir", str(classifier)]
+    )
+    assert set(results["test"]["per_class"]) == {"jazz", "rock"} and results["test"]["chance"]["top1"] == 0.5
+    evaluate = load_script("evaluate")
+    argv = [str(midicaps_model), "--likelihood_only", "--sources", str(mirror), "--identification_tokens", "32"]
+    argv += ["--json", str(tmp_path / "eval.json"), "--condition_classifier", str(classifier)]
+    with pytest.raises(SystemExit):
+        evaluate.main(argv)  # a genre classifier without --identify genre
+    found = evaluate.main([*argv, "--identify", "genre"])["identification_of"]["genre"]
+    assert 0.0 <= found["opening"]["classifier"] <= 1.0
+
+
+def test_the_app_offers_the_conditions_a_model_has_and_composes_with_them(midicaps_model, soundfont):
+    app = load_script("app")
+    genre, tempo, mode = app.other_choices(str(midicaps_model), device=None)
+    assert genre.visible and genre.choices == [("Any", "Any"), ("jazz", "jazz"), ("rock", "rock")]
+    assert tempo.visible and mode.visible
+    bundled = app.other_choices(str(catalog.default_model()), device=None)
+    assert not any(dropdown.visible for dropdown in bundled)
+    settings = ("Unknown", 16, 1.0, 0.95, 2.0, 0, None, "jazz", "fast", "Any")
+    *_, (_, _, _, midi, status) = app.compose(str(midicaps_model), *settings, device=None, soundfont=str(soundfont))
+    assert Path(midi).name == "Unknown-jazz-fast.mid" and "notes" in status
+
+
+def test_midicaps_mixes_with_the_classical_set_each_piece_with_what_its_source_knows(mirror):
+    sources = [str(mirror), "bundled"]
+    tokenizer = tokenizer_for_sources(sources)
+    heads = {
+        row["path"]: tokenizer.piece_conditions(row["ids"])
+        for row in open_pieces(sources, "train", tokenizer, repeat=False)
+    }
+    classical = [head for path, head in heads.items() if path.startswith("data/")]
+    lakh = [head for path, head in heads.items() if path.startswith("lmd_full/")]
+    assert classical and all(head["genre"] == head["tempo"] == head["mode"] == "Unknown" for head in classical)
+    assert any(head["composer"] == "bach" for head in classical)
+    assert lakh and all(head["composer"] == "Unknown" and head["genre"] in ("jazz", "rock") for head in lakh)

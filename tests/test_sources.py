@@ -20,9 +20,10 @@ def test_bundled_corpus_labels_and_splits():
     assert sum(p.stat().st_size for p in BUNDLED["bundled"].rglob("*")) < 10_000_000
 
 
-def test_rows_are_midi_composer_path():
+def test_rows_are_midi_composer_path_and_no_other_condition():
     rows = list(load_source("bundled", split="validation"))
-    assert rows and all(set(row) == {"midi", "composer", "path"} for row in rows)
+    assert rows and all(set(row) == {"midi", "composer", "path", "conditions"} for row in rows)
+    assert all(row["conditions"] == "" for row in rows)
     assert all(row["midi"][:4] == b"MThd" and row["path"].startswith("data/") for row in rows)
     assert {row["path"] for row in rows} == {
         f.path for f in list_midi_files("bundled") if split_of(f.path) == "validation"

@@ -72,7 +72,7 @@ def encode_midi(
 
 
 def as_piece(tokenizer: MusicTokenizer, row: dict, skipped: Counter, log: bool = True) -> dict | None:
-    """A source row as a piece `{"ids", "composer", "path", "notes"}`: a token-cache row as it is,
+    """A source row as a piece `{"ids", "composer", "path", "notes", "conditions"}`: a token-cache row as it is,
     a MIDI row tokenized (None if it is unusable, counted in `skipped`)."""
     if "ids" in row:
         return row
@@ -80,7 +80,14 @@ def as_piece(tokenizer: MusicTokenizer, row: dict, skipped: Counter, log: bool =
     if encoded is None:
         return None
     score, ids = encoded
-    return {"ids": ids, "composer": row["composer"], "path": row["path"], "notes": score.note_num()}
+    conditions = row.get("conditions") or ""
+    return {
+        "ids": ids,
+        "composer": row["composer"],
+        "path": row["path"],
+        "notes": score.note_num(),
+        "conditions": conditions,
+    }
 
 
 def pieces_of(rows: Iterable[dict], tokenizer: MusicTokenizer, skipped: Counter) -> Iterator[dict]:

@@ -49,6 +49,7 @@ from .sources import (
     MidiFile,
     archive_signature,
     interleave,
+    label_of,
     list_midi_files,
     load_source,
     read_archive,
@@ -63,7 +64,7 @@ logger = logging.getLogger(__name__)
 
 INFO_FILE = "token_cache.json"
 FORMAT = 2  # bump when what a cache stores changes: older caches are then built again (2: file sizes)
-COLUMNS = ("ids", "composer", "path", "notes")
+COLUMNS = ("ids", "composer", "path", "notes", "conditions")
 
 
 def default_cache_dir() -> Path:
@@ -149,7 +150,7 @@ class TokenCache:
                 f"{self.info['tokenizer']}, this one has {fingerprint}): use the tokenizer saved "
                 "in that folder, or give the MIDI source to tokenize it with yours"
             )
-        self.dataset = load_from_disk(str(self.folder))
+        self.dataset = with_conditions(load_from_disk(str(self.folder)))
         self.splits: list[str] = self.dataset["split"]
 
     @classmethod
@@ -220,11 +221,12 @@ class TokenCache:
             batch_size=16,
             num_proc=num_proc if num_proc > 1 else None,
             fn_kwargs={"tokenizer": tokenizer},
-            remove_columns=["url", "conditions"],
+            remove_columns=["url"],
             features=Features(
                 {
                     "path": Value("string"),
                     "composer": Value("string"),
+                    "conditions": Value("string"),
                     "ids": List(Value(ids_type)),
                     "notes": Value("int64"),
                     "fingerprint": List(Value("uint32")),
@@ -297,17 +299,26 @@ class TokenCache:
         where = {"folder": str(self.folder), "listing": self.info["listing"]}
         return IterableDataset.from_generator(_read_rows, gen_kwargs={"rows": rows, **where}, features=features)
 
-    def composer_counts(self, split: str | None = None) -> Counter:
-        """Pieces per composer in `split`."""
-        composers = self.dataset["composer"]
-        return Counter(composers[i] for i in self.indices(split))
+    def composer_counts(self, split: str | None = None, kind: str = "composer") -> Counter:
+        """Pieces per composer (or per value of another condition `kind`) in `split`."""
+        composers, conditions = self.dataset["composer"], self.dataset["conditions"]
+        rows = ({"composer": composers[i], "conditions": conditions[i]} for i in self.indices(split))
+        return Counter(label_of(row, kind) for row in rows)
 
 
 @functools.lru_cache(maxsize=8)
 def _opened(folder: str, listing: str) -> Dataset:
     """The cache's rows, memory-mapped once per process (DataLoader workers each open their own);
     `listing` tells a cache built again in the same folder from the one it replaced."""
-    return load_from_disk(folder).select_columns(list(COLUMNS))
+    return with_conditions(load_from_disk(folder)).select_columns(list(COLUMNS))
+
+
+def with_conditions(dataset: Dataset) -> Dataset:
+    """A cache's rows with their `conditions` column: empty for a cache built before the column
+    (its sources knew no condition but the composer)."""
+    if "conditions" in dataset.column_names:
+        return dataset
+    return dataset.add_column("conditions", [""] * len(dataset))
 
 
 def _read_rows(rows: list[int], folder: str, listing: str):
@@ -318,7 +329,8 @@ def _read_rows(rows: list[int], folder: str, listing: str):
 
 def _encode_batch(batch: dict[str, list], tokenizer: MusicTokenizer) -> dict[str, list]:
     """The map function: read, tokenize and fingerprint each file; an unusable one gets its reason."""
-    out = {name: [] for name in ("path", "composer", "ids", "notes", "fingerprint", "digest", "skipped")}
+    columns = ("path", "composer", "conditions", "ids", "notes", "fingerprint", "digest", "skipped")
+    out = {name: [] for name in columns}
     for url, path, composer, conditions in zip(
         batch["url"], batch["path"], batch["composer"], batch["conditions"], strict=True
     ):
@@ -335,6 +347,7 @@ def _encode_batch(batch: dict[str, list], tokenizer: MusicTokenizer) -> dict[str
         score, ids = encoded if encoded is not None else (None, [])
         out["path"].append(path)
         out["composer"].append(composer)
+        out["conditions"].append(conditions)
         out["ids"].append(ids)
         out["notes"].append(score.note_num() if score is not None else 0)
         out["fingerprint"].append(duplicates.fingerprint(score) if score is not None else np.zeros(0, np.uint32))
@@ -424,12 +437,15 @@ def composer_counts(
     cached: bool = True,
     cache_dir: str | Path | None = None,
     num_proc: int | None = None,
+    kind: str = "composer",
 ) -> Counter:
-    """Pieces (files, without the cache) per composer in `split` of all `uris` together."""
+    """Pieces (files, without the cache) per composer, or per value of another condition `kind`,
+    in `split` of all `uris` together."""
     if cached:
         caches = [TokenCache.for_source(uri, tokenizer, cache_dir, num_proc) for uri in uris]
-        return sum((cache.composer_counts(split) for cache in caches), Counter())
-    return Counter(f.composer for uri in uris for f in list_midi_files(uri, split))
+        return sum((cache.composer_counts(split, kind) for cache in caches), Counter())
+    files = (f for uri in uris for f in list_midi_files(uri, split))
+    return Counter(label_of({"composer": f.composer, "conditions": f.conditions}, kind) for f in files)
 
 
 def tokenizer_for(

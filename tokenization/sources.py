@@ -116,6 +116,14 @@ def resolve(uri: str) -> tuple[str, str | None]:
     return uri, None
 
 
+def label_of(row: dict, kind: str) -> str:
+    """A row's (or piece's) value of a condition kind: its composer, or from its `conditions`;
+    `Unknown` where the source knows none."""
+    if kind == "composer":
+        return row["composer"]
+    return json.loads(row.get("conditions") or "{}").get(kind, UNKNOWN)
+
+
 def path_hash(path: str) -> float:
     """A number in [0, 1) from a file's path relative to the source root: stable across
     runs, ranks and machines, and the same for a Hub dataset and its local copy."""
