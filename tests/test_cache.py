@@ -2,11 +2,13 @@
 when the source changes, usable as a source of its own, with twins kept in one split."""
 
 import itertools
+import json
 import shutil
 import threading
 
 import pytest
 import symusic
+from datasets import load_from_disk
 from filelock import FileLock
 
 from conftest import load_script
@@ -20,7 +22,7 @@ from tokenization import (
     split_of,
     tokenizer_for,
 )
-from tokenization.cache import DamagedTokenCache, source_key
+from tokenization.cache import DamagedTokenCache, file_sizes, source_key
 
 BROKEN = "data/german-overture_to_princess_of_kensington.mid"  # the bundled corpus's one unreadable file
 
@@ -192,3 +194,16 @@ def test_rebuild_builds_a_whole_and_current_cache_again(lakh_cache, tokenizer, m
     TokenCache.for_source("bundled:lakh", tokenizer, lakh_cache.folder.parents[1])
     TokenCache.for_source("bundled:lakh", tokenizer, lakh_cache.folder.parents[1], rebuild=True)
     assert len(built) == 1
+
+
+def test_a_cache_built_before_the_conditions_column_reads_as_having_none(lakh_cache, tokenizer, tmp_path):
+    """As a GPU kit's copy of a cache made before other conditions existed: still a source."""
+    old = tmp_path / "old"
+    shutil.copytree(lakh_cache.folder, old, ignore=shutil.ignore_patterns("data-*", "state.json", "dataset_info.json"))
+    load_from_disk(str(lakh_cache.folder)).remove_columns("conditions").save_to_disk(str(tmp_path / "rows"))
+    for path in (tmp_path / "rows").iterdir():
+        shutil.copy(path, old / path.name)
+    info = json.loads((old / "token_cache.json").read_text())
+    (old / "token_cache.json").write_text(json.dumps(info | {"files": file_sizes(old)}))
+    rows = list(open_pieces([str(old), "bundled:lakh"], "train", tokenizer, repeat=False))
+    assert {row["conditions"] for row in rows} == {""} and len(rows) == 2 * len(lakh_cache.indices("train"))

@@ -48,6 +48,7 @@ from .sources import (
     SPLITS,
     MidiFile,
     archive_signature,
+    check_split,
     interleave,
     label_of,
     list_midi_files,
@@ -280,8 +281,7 @@ class TokenCache:
 
     def indices(self, split: str | None = None, max_files: int | None = None) -> list[int]:
         """Rows of `split` (all for None), or a fixed sample of `max_files` of them, in path order."""
-        if split is not None and split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)} or None")
+        check_split(split)
         rows = [i for i, name in enumerate(self.splits) if split is None or name == split]
         if max_files is not None:
             paths = self.dataset.select(rows)["path"]

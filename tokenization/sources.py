@@ -26,6 +26,7 @@ name as it comes. The layout is detected, or forced with a prefix: `lakh:/data/c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import itertools
@@ -83,7 +84,7 @@ class MidiFile:
     url: str  # what fsspec opens (for an archive member, the archive)
     path: str  # relative to the source root (in an archive, the member's name): the split hash and the logs use it
     composer: str
-    size: int  # bytes: with the path, what tells a token cache that the source changed
+    size: int  # bytes (0 in an archive): with the path, what tells a token cache that the source changed
     split: str
     conditions: str = ""  # FEATURES' `conditions`
 
@@ -171,8 +172,7 @@ def list_midi_files(
     uri: str, split: str | None = None, *, include_versions: bool = False, max_files: int | None = None
 ) -> list[MidiFile]:
     """The MIDI files of a source (see `load_source` for the arguments), sorted by path."""
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)} or None")
+    check_split(split)
     label = split_label(uri)[0]
     url, layout = resolve(uri)
     on_hub = url.startswith("hf://")
@@ -189,8 +189,8 @@ def list_midi_files(
             )
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         prefix = "" if protocol in ("file", "local") else f"{protocol}://"
-        if fs.isfile(f"{root}/{ARCHIVE}") and fs.isfile(f"{root}/{METADATA}"):
-            return _chosen(archive_files(fs, root, prefix), split, max_files)
+        if signature := _archive_signature(fs, root):
+            return _chosen(list(archive_files(f"{prefix}{root}", signature)), split, max_files)
         if fs.isdir(f"{root}/clean_midi"):  # the Lakh archive's top folder
             root = f"{root}/clean_midi"
         parent = root.rsplit("/", 1)[0]
@@ -217,6 +217,11 @@ def list_midi_files(
     return _chosen(files, split, max_files)
 
 
+def check_split(split: str | None) -> None:
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)} or None")
+
+
 def _chosen(files: list[MidiFile], split: str | None, max_files: int | None) -> list[MidiFile]:
     if split is not None:
         files = [f for f in files if f.split == split]
@@ -235,10 +240,13 @@ def archive_signature(uri: str) -> str | None:
         return None  # listing the source says why it cannot be read
     with hub_access("dataset", uri, HUB_DATASET_INSTEAD):
         fs, root = fsspec.core.url_to_fs(url)
-        root = root.rstrip("/")
-        if not (fs.isfile(f"{root}/{ARCHIVE}") and fs.isfile(f"{root}/{METADATA}")):
-            return None
-        infos = [fs.info(f"{root}/{name}") for name in (ARCHIVE, METADATA)]
+        return _archive_signature(fs, root.rstrip("/"))
+
+
+def _archive_signature(fs: fsspec.AbstractFileSystem, root: str) -> str | None:
+    if not (fs.isfile(f"{root}/{ARCHIVE}") and fs.isfile(f"{root}/{METADATA}")):
+        return None
+    infos = [fs.info(f"{root}/{name}") for name in (ARCHIVE, METADATA)]
     keys = [(info["size"], (info.get("lfs") or {}).get("sha256") or info.get("mtime")) for info in infos]
     return hashlib.sha256(json.dumps(keys, default=str).encode()).hexdigest()[:16]
 
@@ -254,13 +262,16 @@ def metadata_conditions(row: dict) -> dict[str, str]:
     }
 
 
-def archive_files(fs: fsspec.AbstractFileSystem, root: str, prefix: str) -> list[MidiFile]:
-    """The files `train.json` lists for `midicaps.tar.gz`, sorted by path; a line that is not a
-    JSON object with a `location` is skipped with a log line. The size of every file is the
-    archive's: what tells a token cache the source changed."""
-    archive, size = f"{prefix}{root}/{ARCHIVE}", fs.size(f"{root}/{ARCHIVE}")
+@functools.lru_cache(maxsize=2)
+def archive_files(root: str, signature: str) -> tuple[MidiFile, ...]:
+    """The files `train.json` lists for `midicaps.tar.gz` in `root` (a URL), sorted by path; a
+    line that is not a JSON object with a `location` is skipped with a log line. Read once per
+    process and `signature` (`_archive_signature`): on the Hub the file is 428 MB, and a training
+    run lists its sources several times. Sizes are 0: the signature tells a token cache that
+    the archive changed (`archive_signature`)."""
+    archive = f"{root}/{ARCHIVE}"
     files = []
-    with fs.open(f"{root}/{METADATA}", "rb") as raw:
+    with fsspec.open(f"{root}/{METADATA}", "rb") as raw:
         for number, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8"), start=1):
             if not line.strip():
                 continue
@@ -272,8 +283,8 @@ def archive_files(fs: fsspec.AbstractFileSystem, root: str, prefix: str) -> list
                 continue
             split = "test" if row.get("test_set") else split_of(path, ARCHIVE_SPLITS)
             conditions = json.dumps(metadata_conditions(row))
-            files.append(MidiFile(archive, path, UNKNOWN, size, split, conditions))
-    return sorted(files, key=lambda f: f.path)
+            files.append(MidiFile(archive, path, UNKNOWN, 0, split, conditions))
+    return tuple(sorted(files, key=lambda f: f.path))
 
 
 def read_archive(
@@ -354,13 +365,14 @@ def load_source(
     files; a MidiCaps archive is one shard, read once from its start (ranks then take
     every n-th file of it).
     """
-    files = list_midi_files(uri, split, include_versions=include_versions, max_files=max_files)
+    check_split(split)  # before the listing, which may take long
+    every = list_midi_files(uri, include_versions=include_versions)
+    files = _chosen(every, split, max_files)
     if not files:
         raise ValueError(f"no MIDI files in {uri!r}" + (f" for split {split!r}" if split else ""))
     if files[0].in_archive:
-        listed = {f.path for f in list_midi_files(uri)} if split or max_files else {f.path for f in files}
         # tuples and sets: datasets makes one shard per item of a list, and the archive is one
-        kwargs = {"archives": [files[0].url], "files": tuple(files), "listed": frozenset(listed)}
+        kwargs = {"archives": [files[0].url], "files": tuple(files), "listed": frozenset(f.path for f in every)}
         return IterableDataset.from_generator(_read_archive, gen_kwargs=kwargs, features=FEATURES)
     return IterableDataset.from_generator(_read, gen_kwargs={"files": files}, features=FEATURES)
 
