@@ -17,6 +17,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import PreTrainedConfig
 
 from tokenization import MusicTokenizer
+from tokenization.conditions import TOKEN_PREFIXES
 from tokenization.sources import resolve
 
 TEMPLATE = Path(__file__).with_name("music_model.md")
@@ -109,6 +110,18 @@ def composer_list(tokenizer: MusicTokenizer) -> str:
     if not pieces:
         return ", ".join(f"`{name}`" for name in names) + " (training pieces not recorded)"
     return ", ".join(f"`{name}` ({pieces.get(name, 0)})" for name in names)
+
+
+def example_condition(tokenizer: MusicTokenizer) -> tuple[str, str]:
+    """(kind, value) the usage example asks for: Bach where the model knows him, else its first
+    composer, else the first value of its other conditions (a MidiCaps model's genre)."""
+    composers = tokenizer.composers
+    if composers:
+        return "composer", "bach" if "bach" in composers else composers[0]
+    return next(
+        ((kind, tokenizer.values(kind)[0]) for kind in tokenizer.kinds if tokenizer.values(kind)),
+        ("composer", "Unknown"),
+    )
 
 
 def other_conditions(tokenizer: MusicTokenizer) -> str:
@@ -245,7 +258,9 @@ def model_card(
         adapter_of=adapter_of,
         extra_packages=EXTRA_PACKAGES.get(config.model_type, ""),
         repo_id=repo_id or name,
-        example_composer=next((c for c in ("bach", *composers) if c in composers), "Unknown"),
+        requested=", ".join(tokenizer.kinds[:-1]) + " and " * (len(tokenizer.kinds) > 1) + tokenizer.kinds[-1],
+        prefix_tokens=", ".join(["BOS", *(f"{TOKEN_PREFIXES[kind]}<name>" for kind in tokenizer.kinds)]),
+        **dict(zip(("example_kind", "example_value"), example_condition(tokenizer), strict=True)),
         composers=composer_list(tokenizer) if composers else "none",
         other_conditions=other_conditions(tokenizer),
         sources=terms,

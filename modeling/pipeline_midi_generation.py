@@ -446,7 +446,7 @@ class MidiGenerationPipeline(Pipeline):
             "top_k": top_k,
             "top_p": top_p,
             "guidance_scale": guidance_scale,
-            "guidance_conditions": self._guided_slots(guidance_conditions),
+            "guided_slots": self._guided_slots(guidance_conditions),
             "grammar": grammar,
             "seed": seed,
             "progress_bar": progress_bar,
@@ -489,7 +489,7 @@ class MidiGenerationPipeline(Pipeline):
         top_k: int = 0,
         top_p: float = 1.0,
         guidance_scale: float = 1.0,
-        guidance_conditions: list[int] | None = None,
+        guided_slots: list[int] | None = None,
         grammar: bool = True,
         seed: int | None = None,
         progress_bar: bool = False,
@@ -507,8 +507,8 @@ class MidiGenerationPipeline(Pipeline):
         generator.manual_seed(seed) if seed is not None else generator.seed()
         steps = tqdm(range(max_new_tokens), desc="generating", unit="token", disable=not progress_bar)
         cache = self._cache(min(prompts.shape[1] + max_new_tokens, self.window or 0), static_cache)
-        guided = range(1, 1 + len(self.vocabulary.kinds)) if guidance_conditions is None else guidance_conditions
-        tokens = self._sample(prompts, steps, processors, generator, (guidance_scale, list(guided)), streamer, cache)
+        slots = range(1, 1 + len(self.vocabulary.kinds)) if guided_slots is None else guided_slots
+        tokens = self._sample(prompts, steps, processors, generator, (guidance_scale, list(slots)), streamer, cache)
         return {
             "tokens": tokens,
             "composers": model_inputs["composers"],

@@ -31,7 +31,7 @@ from command_line import CommandParser
 from evaluation.rendering import find_soundfont, piano_roll, write_wav
 from modeling.catalog import available_models, default_model, resolve_model
 from modeling.musicxml import music21_available
-from modeling.pipeline_midi_generation import read_prompt
+from modeling.pipeline_midi_generation import MusicVocabulary, read_prompt
 
 # symusic's synthesizer renders every track over the whole piece: an untrained model's 107
 # tracks of 255 s did not render in 100 s here. Past this many track-seconds, no audio.
@@ -99,17 +99,22 @@ OTHER_CONDITIONS = ("genre", "tempo", "mode")
 ANY = "Any"  # a condition left open
 
 
+def condition_lists(vocabulary: MusicVocabulary) -> list[dict]:
+    """The genre, tempo and mode lists of a model (as `gr.Dropdown` arguments), each shown only
+    where the model has that condition (a MidiCaps-trained one)."""
+    return [
+        {"choices": [ANY, *vocabulary.values(kind)], "value": ANY, "visible": kind in vocabulary.kinds}
+        for kind in OTHER_CONDITIONS
+    ]
+
+
 def other_choices(model: str, *, device: str | None) -> list[gr.Dropdown]:
-    """The genre, tempo and mode lists of another model, each shown only where the model has that
-    condition (a MidiCaps-trained one)."""
+    """The genre, tempo and mode lists for another model."""
     try:
         vocabulary = load(resolve_model(model)[0], device).vocabulary
     except (ValueError, OSError) as error:
         raise one_sentence(error) from None
-    return [
-        gr.Dropdown(choices=[ANY, *vocabulary.values(kind)], value=ANY, visible=kind in vocabulary.kinds)
-        for kind in OTHER_CONDITIONS
-    ]
+    return [gr.Dropdown(**arguments) for arguments in condition_lists(vocabulary)]
 
 
 def one_sentence(error: Exception) -> gr.Error:
@@ -213,15 +218,9 @@ def build(args: Arguments) -> gr.Blocks:
                 )
                 names = composers(first, args.device)
                 composer = gr.Dropdown(names, value=names[0], label="Composer (most training pieces first)")
-                vocabulary = load(resolve_model(first)[0], args.device).vocabulary
+                lists = condition_lists(load(resolve_model(first)[0], args.device).vocabulary)
                 others = [
-                    gr.Dropdown(
-                        [ANY, *vocabulary.values(kind)],
-                        value=ANY,
-                        label=kind.title(),
-                        visible=kind in vocabulary.kinds,
-                    )
-                    for kind in OTHER_CONDITIONS
+                    gr.Dropdown(**a, label=kind.title()) for kind, a in zip(OTHER_CONDITIONS, lists, strict=True)
                 ]
                 length = gr.Slider(64, MAX_LENGTH, value=512, step=64, label="Length (tokens)")
                 temperature = gr.Slider(0.5, 1.5, value=1.0, step=0.05, label="Temperature")

@@ -6,7 +6,8 @@
     python scripts/generate.py --list-composers
     python scripts/generate.py --composers Chopin --stream
     python scripts/generate.py --model outputs/finetune-pop --composers Pop --format musicxml
-    python scripts/generate.py --model outputs/midicaps --genre jazz --tempo fast --list-conditions
+    python scripts/generate.py --model outputs/midicaps-small --list-conditions
+    python scripts/generate.py --model outputs/midicaps-small --genre jazz --tempo 140 --mode minor
 
 `--model` is a family name (the model a preset trained into `outputs/<family>-small`, else the
 bundled model of that family), a model folder, or a Hub repo id; without it the bundled GPT-2

@@ -157,6 +157,11 @@ def test_a_model_trained_on_the_mirror_generates_for_a_genre(midicaps_model):
     assert piece["conditions"] == {"composer": None, "genre": "jazz", "tempo": "fast"}
     with pytest.raises(ValueError, match=r"unknown genre 'metal': this model knows jazz, rock"):
         generator(genre="metal", **kwargs)
+    assert generator._guided_slots("genre") == [2] and generator._guided_slots(["mode", "composer"]) == [4, 1]
+    every = generator(genre="jazz", guidance_scale=2.0, guidance_conditions=vocabulary.kinds, **kwargs)
+    assert every[0]["tokens"] == generator(genre="jazz", guidance_scale=2.0, **kwargs)[0]["tokens"]  # the default
+    with pytest.raises(ValueError, match=r"guidance_conditions=\['mood'\]: name conditions of this model"):
+        generator(guidance_scale=2.0, guidance_conditions="mood", **kwargs)
 
 
 def test_generate_lists_the_conditions_and_names_a_sample_by_them(midicaps_model, tmp_path, capsys):
@@ -223,3 +228,11 @@ def test_midicaps_mixes_with_the_classical_set_each_piece_with_what_its_source_k
     assert classical and all(head["genre"] == head["tempo"] == head["mode"] == "Unknown" for head in classical)
     assert any(head["composer"] == "bach" for head in classical)
     assert lakh and all(head["composer"] == "Unknown" and head["genre"] in ("jazz", "rock") for head in lakh)
+
+
+def test_the_card_of_a_midicaps_model_shows_its_conditions_licence_and_citation(midicaps_model):
+    card = (midicaps_model / "README.md").read_text()
+    assert "in the style of a requested composer, genre, tempo and mode" in card
+    assert "`BOS, Composer_<name>, Genre_<name>, TempoBucket_<name>, Mode_<name>`" in card
+    assert 'generate(genre="jazz", max_new_tokens=1000' in card and "- `genre=`: `jazz`, `rock`" in card
+    assert "licence CC-BY-SA 4.0" in card and "@article{melechovsky2024midicaps" in card

@@ -13,9 +13,9 @@ both with each of its conditions and without it, chunk by chunk, which is the di
 classifier-free guidance amplifies (for all conditions, or for one), and the unconditional
 branch learns every position of every piece, not whole pieces only.
 
-Rows come from a source: token-cache rows (`{"ids", "composer", "path", "notes"}`, see
-`cache.py`) are used as they are; MIDI rows (`{"midi", "composer", "path"}`) are tokenized on
-the fly. Sources are sharded across ranks (`split_dataset_by_node`) and, inside a rank,
+Rows come from a source: token-cache rows (`{"ids", "composer", "path", "notes", "conditions"}`,
+see `cache.py`) are used as they are; MIDI rows (`{"midi", "composer", "path", "conditions"}`)
+are tokenized on the fly. Sources are sharded across ranks (`split_dataset_by_node`) and, inside a rank,
 across DataLoader workers (datasets does that on its own: each piece is one shard). Blocks
 are shuffled through a buffer.
 
@@ -72,21 +72,20 @@ def encode_midi(
 
 
 def as_piece(tokenizer: MusicTokenizer, row: dict, skipped: Counter, log: bool = True) -> dict | None:
-    """A source row as a piece `{"ids", "composer", "path", "notes", "conditions"}`: a token-cache row as it is,
-    a MIDI row tokenized (None if it is unusable, counted in `skipped`)."""
+    """A source row as a piece `{"ids", "composer", "path", "notes", "conditions"}`: a token-cache
+    row as it is, a MIDI row tokenized (None if it is unusable, counted in `skipped`)."""
     if "ids" in row:
         return row
     encoded = encode_midi(tokenizer, row, skipped, log)
     if encoded is None:
         return None
     score, ids = encoded
-    conditions = row.get("conditions") or ""
     return {
         "ids": ids,
         "composer": row["composer"],
         "path": row["path"],
         "notes": score.note_num(),
-        "conditions": conditions,
+        "conditions": row.get("conditions") or "",
     }
 
 

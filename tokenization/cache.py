@@ -4,8 +4,9 @@ Tokenizing the classical dataset takes minutes on a CPU, and training epochs, Da
 workers, evaluations, the classifier, the n-gram and the benchmark would each do it again.
 `TokenCache.for_source(uri, tokenizer)` tokenizes a source once, with a `datasets` map over
 its files (`num_proc` processes), and saves one row per usable piece, `{"ids", "composer",
-"path", "notes", "split"}`, with `save_to_disk`; later calls memory-map it. Ids are stored
-as uint16 when the vocabulary allows (32M tokens: 64 MB).
+"path", "notes", "conditions", "split"}`, with `save_to_disk`; later calls memory-map it. Ids
+are stored as uint16 when the vocabulary allows (32M tokens: 64 MB). A MidiCaps archive is
+unpacked beside the cache in one pass first, and the unpacked files removed after.
 
 A cache lives in `<cache_dir>/<source>-<digest of its location>/<tokenizer fingerprint>/`,
 so another tokenizer never reads stale ids, and it records the source's listing (paths,

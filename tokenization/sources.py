@@ -247,7 +247,11 @@ def _archive_signature(fs: fsspec.AbstractFileSystem, root: str) -> str | None:
     if not (fs.isfile(f"{root}/{ARCHIVE}") and fs.isfile(f"{root}/{METADATA}")):
         return None
     infos = [fs.info(f"{root}/{name}") for name in (ARCHIVE, METADATA)]
-    keys = [(info["size"], (info.get("lfs") or {}).get("sha256") or info.get("mtime")) for info in infos]
+    # the Hub gives an LFS file's sha256 and every file's git blob id; a local file its modification time
+    keys = [
+        (info["size"], (info.get("lfs") or {}).get("sha256") or info.get("blob_id") or info.get("mtime"))
+        for info in infos
+    ]
     return hashlib.sha256(json.dumps(keys, default=str).encode()).hexdigest()[:16]
 
 

@@ -214,11 +214,11 @@ class MusicTokenizer:
         `model.resize_token_embeddings(len(tokenizer))` afterwards; a new kind also lengthens
         every sequence's prefix by one token, which a trained model has to learn.
         """
-        new = {canonical_value(kind, n) for n in names} - {name for k, name in self._conditions if k == kind}
-        if kind != "composer":
-            new -= {UNKNOWN}
+        new = (
+            {canonical_value(kind, n) for n in names} - {name for k, name in self._conditions if k == kind} - {UNKNOWN}
+        )
         added = []
-        for name in ([UNKNOWN] if (kind, UNKNOWN) not in self._conditions else []) + sorted(new - {UNKNOWN}):
+        for name in ([UNKNOWN] if (kind, UNKNOWN) not in self._conditions else []) + sorted(new):
             self._conditions.append((kind, name))
             added.append(self.base_vocab_size + len(self._conditions) - 1)
         return added
