@@ -27,6 +27,10 @@ OFFLINE = "(HF_HUB_OFFLINE is set)"
 CASES = [
     (["train.py", "--sources", "drengskapur/midi-classical-music", "--output_dir", "FRESH"], HUB_DATASET + OFFLINE),
     (
+        ["train.py", "--sources", "amaai-lab/MidiCaps", "--output_dir", "FRESH"],
+        "dataset amaai-lab/MidiCaps is not on this machine and the Hub cannot be reached " + OFFLINE,
+    ),
+    (
         ["train.py", "--tokenizer", "outputs/tokenizer-classical-4096"],
         "no tokenizer folder outputs/tokenizer-classical",
     ),
