@@ -90,6 +90,13 @@ def test_a_cut_archive_gives_what_comes_before_the_cut(mirror, tmp_path, caplog)
     assert any("ends early" in r.getMessage() for r in caplog.records)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as whole:  # the mirror itself is whole
         assert len(whole.getnames()) == 7
+    tokenizer = tokenizer_for_sources([str(mirror)])
+    cache = TokenCache.for_source(str(cut), tokenizer)
+    assert cache.info["pieces"] == len(read) and cache.info["skipped"]["archive cut short"] == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        TokenCache.for_source(str(cut), tokenizer)  # a cache of a cut archive is never taken as current
+    assert any("ended early: building it again" in r.getMessage() for r in caplog.records)
 
 
 def test_blocks_open_with_every_condition_and_dropout_leaves_each_open_on_its_own(mirror, token_cache_dir):

@@ -46,6 +46,7 @@ from huggingface_hub.constants import HF_HOME
 from . import duplicates
 from .blocks import encode_midi, skip_summary
 from .sources import (
+    CUT_SHORT,
     SPLITS,
     MidiFile,
     archive_signature,
@@ -190,6 +191,9 @@ class TokenCache:
             cache = cls(folder)
         except DamagedTokenCache as error:
             logger.warning("%s: building it again from %s", error, uri)
+            return None
+        if cache.info["skipped"].get(CUT_SHORT):  # on the Hub, a dropped connection: read it again
+            logger.warning("%s was built from an archive that ended early: building it again from %s", folder, uri)
             return None
         if cache.info["format"] == FORMAT and cache.info["listing"] == source_listing(uri):
             return cache

@@ -66,6 +66,7 @@ FEATURES = Features(
 )
 ARCHIVE, METADATA = "midicaps.tar.gz", "train.json"  # amaai-lab/MidiCaps
 ARCHIVE_SPLITS = {"train": 0.95, "validation": 0.05}  # its test split is the metadata's `test_set`
+CUT_SHORT = "archive cut short"  # the skip reason of an archive that ends early
 
 HUB_DATASET_INSTEAD = (
     "read it where the Hub can be reached, or give a local copy (a folder laid out as the Hub repo), "
@@ -321,7 +322,7 @@ def read_archive(
                     found.add(path)
                     yield wanted[path], midi
     except (EOFError, OSError, tarfile.TarError, zlib.error) as error:
-        skipped["archive cut short"] += 1
+        skipped[CUT_SHORT] += 1
         logger.warning("%s ends early (%s: %s): the files after the cut are skipped", url, type(error).__name__, error)
     missing = [path for path in wanted if path not in found]
     if missing:
