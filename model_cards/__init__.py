@@ -133,39 +133,47 @@ def other_conditions(tokenizer: MusicTokenizer) -> str:
     )
 
 
-def conditioning_sentence(metrics: dict) -> str:
-    """The measured strength of the composer conditioning, in words."""
+def conditioning_sentence(metrics: dict, identified: str = "composer") -> str:
+    """The measured strength of the conditioning on the composer (or on the `identified`
+    condition, e.g. the genre), in words."""
     if "identification_opening" not in metrics:
         return (
-            "**How closely the composer is followed was not measured** (fewer than two composers had enough "
-            "pieces to test it)."
+            f"**How closely the {identified} is followed was not measured** (fewer than two {identified}s had "
+            "enough pieces to test it)."
         )
     chance, found = metrics["identification_chance"], metrics["identification_opening"]
     if found < 1.25 * chance:
-        lead, verdict = "barely", "no better than chance: the composer token hardly changes what the model expects"
+        lead, verdict = (
+            "barely",
+            f"no better than chance: the {identified} token hardly changes what the model expects",
+        )
     elif found < 0.5:
         lead, verdict = "only weakly", f"{found / chance:.1f} times chance: a preference, not yet a recognisable style"
     else:
-        lead, verdict = "more often than not", "right for most windows, though not for every composer"
+        lead, verdict = "more often than not", f"right for most windows, though not for every {identified}"
     middle = metrics.get("identification_middle")
     samples = metrics.get("sample_identification")
+    question = "which composer wrote" if identified == "composer" else f"for the {identified} of"
     sentence = (
-        f"**The composer is followed {lead}.** Asked which composer wrote a held-out opening window, its own "
+        f"**The {identified} is followed {lead}.** Asked {question} a held-out opening window, its own "
         f"likelihood names the right one for {found:.3f} of them"
     )
     if middle is not None:
         sentence += f" (mid-piece windows: {middle:.3f})"
-    sentence += f", against a chance of {chance:.3f} among the {round(1 / chance)} composers with enough pieces: "
+    sentence += f", against a chance of {chance:.3f} among the {round(1 / chance)} {identified}s with enough pieces: "
     sentence += f"{verdict}."
     if samples:
         sentence += f" Of its samples, a composer classifier credits {samples} to the composer asked for."
     return sentence
 
 
-def metric_rows(metrics: dict) -> list[dict]:
+def metric_rows(metrics: dict, identified: str = "composer") -> list[dict]:
+    """The evaluation table's rows; identification and its gains named for the `identified` condition."""
     rows = []
     for key, value in metrics.items():
         name, unit = METRICS.get(key, (key.replace("_", " "), ""))
+        if key.startswith(("identification_", "gain_")):
+            name = name.replace("Composer_", TOKEN_PREFIXES[identified]).replace("composer", identified)
         rows.append(
             {"name": name, "value": f"{round(value, 4):g}" if isinstance(value, float) else value, "unit": unit}
         )
@@ -217,6 +225,7 @@ def model_card(
     remote_code: bool = True,
     adapter_of: str | None = None,
     history: str = "",
+    identified: str = "composer",
 ) -> ModelCard:
     """Fill the template.
 
@@ -249,7 +258,7 @@ def model_card(
         parameters=f"{parameters / 1e6:.3g}M",
         tokens_trained=f"{tokens_trained:,}",
         base_model=base_model,
-        conditioning=conditioning_sentence(metrics),
+        conditioning=conditioning_sentence(metrics, identified),
         well_represented=sum(pieces.get(name, 0) >= WELL_TRAINED for name in composers),
         well_trained=WELL_TRAINED,
         condition_count=len(composers),
@@ -268,7 +277,7 @@ def model_card(
         training=training,
         history=history,
         evaluated_on=evaluated_on,
-        metrics=metric_rows(metrics),
+        metrics=metric_rows(metrics, identified),
         vocab_size=f"{len(tokenizer):,}",
         uniform_bits=f"{math.log2(len(tokenizer)):.2f}",
     )

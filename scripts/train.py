@@ -84,7 +84,9 @@ from tokenization import (
     split_names,
     tokenizer_for,
 )
+from tokenization.conditions import KINDS
 from tokenization.hub import hub_access, looks_local
+from tokenization.sources import label_of
 
 logger = get_logger(__name__)
 
@@ -170,6 +172,10 @@ class DataArguments:
     num_workers: int = field(default=1, metadata={"help": "DataLoader worker processes per training process."})
     eval_max_files: int | None = field(
         default=32, metadata={"help": "Validation pieces evaluated (all: leave empty); the same ones every time."}
+    )
+    identification_condition: str = field(
+        default="composer",
+        metadata={"help": "What likelihood identification names: composer, or genre, tempo or mode (MidiCaps)."},
     )
     identification_min_files: int = field(
         default=100, metadata={"help": "Training pieces a composer needs to be a likelihood-identification candidate."}
@@ -281,6 +287,10 @@ def check_arguments(model_args: ModelArguments, data_args: DataArguments, train_
         raise ValueError("--source_weights needs one weight per source")
     if data_args.block_size < 3:
         raise ValueError(f"--block_size must be at least 3 (a condition and a target), got {data_args.block_size}")
+    if data_args.identification_condition not in KINDS:
+        raise ValueError(
+            f"--identification_condition {data_args.identification_condition}: choose one of {', '.join(KINDS)}"
+        )
     counts = {
         "per_device_train_batch_size": train_args.per_device_train_batch_size,
         "per_device_eval_batch_size": train_args.per_device_eval_batch_size,
@@ -398,30 +408,37 @@ def eval_batches(tokenizer, data_args: DataArguments, train_args: TrainArguments
     return batches, notes
 
 
-def identification_setup(tokenizer, data_args: DataArguments, config, added: list[str]) -> tuple[list, list[str]]:
-    """(windows, composers) of likelihood identification: the opening and middle windows of up to
-    `identification_max_pieces` validation pieces of each composer with enough training pieces
-    and of the `added` ones (a fine-tuning's new conditions, however few their pieces)."""
-    counts = tokenizer.training_pieces
+def identification_setup(tokenizer, data_args: DataArguments, config, added: list[str]) -> tuple[list, list[str], str]:
+    """(windows, candidates, kind) of likelihood identification of `--identification_condition`:
+    the opening and middle windows of up to `identification_max_pieces` validation pieces of each
+    composer (or genre, ...) with enough training pieces and of the `added` composers (a
+    fine-tuning's new conditions, however few their pieces)."""
+    kind = data_args.identification_condition
+    if kind == "composer":
+        counts = tokenizer.training_pieces
+    else:
+        options = {"cached": data_args.token_cache, "cache_dir": data_args.cache_dir, "num_proc": data_args.num_proc}
+        counts = composer_counts(data_args.sources, "train", tokenizer, kind=kind, **options)
     well_trained = {name for name, n in counts.items() if n >= data_args.identification_min_files}
-    new = {tokenizer.condition_name(name) for name in added}
-    composers = sorted(name for name in well_trained | new if name in tokenizer.composers)
-    if len(composers) < 2:
+    new = {tokenizer.condition_name(name) for name in added} if kind == "composer" else set()
+    candidates = sorted(name for name in well_trained | new if name in tokenizer.values(kind))
+    if len(candidates) < 2:
         logger.info(
-            "likelihood identification off: fewer than 2 composers with %d training pieces",
+            "likelihood identification off: fewer than 2 values of the %s with %d training pieces",
+            kind,
             data_args.identification_min_files,
         )
-        return [], []
+        return [], [], kind
     taken, chosen = Counter(), []
     for piece in pieces_of(pieces(tokenizer, data_args, "validation", repeat=False), tokenizer, Counter()):
-        limit = data_args.identification_max_pieces
-        if piece["composer"] in composers and (limit is None or taken[piece["composer"]] < limit):
-            taken[piece["composer"]] += 1
+        limit, label = data_args.identification_max_pieces, label_of(piece, kind)
+        if label in candidates and (limit is None or taken[label] < limit):
+            taken[label] += 1
             chosen.append(piece)
     length = window_tokens(config, data_args.identification_tokens, tokenizer)
-    windows = identification_windows(chosen, composers, length, tokenizer)
-    logger.info("likelihood identification: %d windows of %s", len(windows), ", ".join(composers))
-    return windows, composers
+    windows = identification_windows(chosen, candidates, length, tokenizer, kind)
+    logger.info("likelihood identification of the %s: %d windows of %s", kind, len(windows), ", ".join(candidates))
+    return windows, candidates, kind
 
 
 def build_model(model_args: ModelArguments, tokenizer: MusicTokenizer, overrides: dict) -> torch.nn.Module:
@@ -493,6 +510,7 @@ def card_fields(
         "license": train_args.license,
         "metrics": {},
         "evaluated_on": "nothing yet: the run stopped before its first evaluation",
+        "identified": data_args.identification_condition,
     }
 
 
@@ -678,9 +696,10 @@ def train_step(
 def validate(model, tokenizer, evaluation: list, notes: int, identification_set: tuple, accelerator, batch_size: int):
     """Validation loss, bits per token and per note, and likelihood identification when it is on."""
     metrics = evaluate(model, evaluation, accelerator, notes)
-    windows, composers = identification_set
+    windows, candidates, kind = identification_set
     if windows:
-        metrics |= summary_metrics(identification(model, tokenizer, windows, composers, batch_size, accelerator))
+        found = identification(model, tokenizer, windows, candidates, batch_size, accelerator, kind)
+        metrics |= summary_metrics(found)
     return metrics
 
 

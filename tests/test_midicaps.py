@@ -15,7 +15,7 @@ from transformers import pipeline
 
 import modeling
 from benchmarks.archive import member_name, metadata_row, write_mirror
-from conftest import ROOT, load_script, train
+from conftest import ROOT, eval_metrics, load_script, train
 from modeling import catalog
 from modeling.pipeline_midi_generation import MusicVocabulary
 from tokenization import MusicTokenizer, TokenBlockStream, TokenCache, list_midi_files, load_source, open_pieces
@@ -151,6 +151,7 @@ def midicaps_model(mirror, tmp_path_factory) -> Path:
     train(
         *("scripts/configs/transformer-tiny.yaml", "--sources", str(mirror), "--output_dir", str(output_dir)),
         *("--max_steps", "6", "--eval_steps", "0", "--save_steps", "0", "--block_size", "128"),
+        *("--identification_condition", "genre", "--identification_min_files", "1", "--identification_tokens", "32"),
     )
     return output_dir
 
@@ -243,3 +244,7 @@ def test_the_card_of_a_midicaps_model_shows_its_conditions_licence_and_citation(
     assert "`BOS, Composer_<name>, Genre_<name>, TempoBucket_<name>, Mode_<name>`" in card
     assert 'generate(genre="jazz", max_new_tokens=1000' in card and "- `genre=`: `jazz`, `rock`" in card
     assert "licence CC-BY-SA 4.0" in card and "@article{melechovsky2024midicaps" in card
+    # trained with --identification_condition genre: its validation names genres, and the card says so
+    assert "**The genre is followed" in card and "against a chance of 0.500 among the 2 genres" in card
+    assert "| condition gain over `Genre_Unknown`, opening |" in card
+    assert "eval/identification_opening" in eval_metrics(midicaps_model)[-1]
