@@ -125,12 +125,16 @@ def example_condition(tokenizer: MusicTokenizer) -> tuple[str, str]:
 
 
 def other_conditions(tokenizer: MusicTokenizer) -> str:
-    """The values of the conditions besides the composer, one line per kind ("" for none)."""
-    return "\n".join(
-        f"- `{kind}=`: " + ", ".join(f"`{value}`" for value in tokenizer.values(kind))
-        for kind in tokenizer.kinds
-        if kind != "composer"
-    )
+    """The values of the conditions besides the composer, most training pieces first, one line per
+    kind ("" for none)."""
+    lines = []
+    for kind in tokenizer.kinds[1:]:
+        pieces = tokenizer.condition_pieces.get(kind, {})
+        values = sorted(tokenizer.values(kind), key=lambda value: (-pieces.get(value, 0), value))
+        lines.append(
+            f"- `{kind}=`: " + ", ".join(f"`{v}` ({pieces.get(v, 0)})" if pieces else f"`{v}`" for v in values)
+        )
+    return "\n".join(lines)
 
 
 def conditioning_sentence(metrics: dict, identified: str = "composer") -> str:

@@ -160,6 +160,7 @@ class MusicVocabulary:
         self.unknown = description["unknown_composer"]
         self.tempo_buckets: dict[str, float | None] = description.get("tempo_buckets", {})
         self.training_pieces: dict[str, int] = description.get("training_pieces", {})  # per composer, if recorded
+        self.condition_pieces: dict[str, dict[str, int]] = description.get("condition_pieces", {})  # other kinds
         self._lookup = {kind: {name_key(name): name for name in names} for kind, names in self.conditions.items()}
         for alias, name in description["composer_aliases"].items():
             if name in self.conditions["composer"]:

@@ -116,7 +116,9 @@ def print_conditions(model: str, vocabulary: MusicVocabulary) -> None:
     print_composers(model, vocabulary)
     others = [kind for kind in vocabulary.kinds if kind != "composer"]
     for kind in others:
-        print(f"--{kind}: {', '.join(vocabulary.values(kind))}")
+        pieces = vocabulary.condition_pieces.get(kind, {})
+        values = sorted(vocabulary.values(kind), key=lambda value: (-pieces.get(value, 0), value))
+        print(f"--{kind}: " + ", ".join(f"{value} ({pieces.get(value, 0)})" if pieces else value for value in values))
     if not others:
         print("This model knows no other condition (genre, tempo and mode come with MidiCaps training data).")
 

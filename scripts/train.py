@@ -624,18 +624,20 @@ def count_training_pieces(
     accelerator: Accelerator, tokenizer: MusicTokenizer, data_args: DataArguments, adding_to: str | None
 ) -> None:
     """Build the missing token caches (the main process first, the others then open them) and
-    record the training pieces of each composer in the tokenizer, which is saved with the model:
-    which composers it learned from much data (a model given new conditions, `adding_to`: that
-    model's pieces and these)."""
+    record the training pieces of each composer (and genre, ...) in the tokenizer, which is saved
+    with the model: which conditions it learned from much data (a model given new conditions,
+    `adding_to`: that model's pieces and these)."""
     cache_options = {"cached": data_args.token_cache, "cache_dir": data_args.cache_dir, "num_proc": data_args.num_proc}
     if data_args.token_cache:
         with accelerator.main_process_first():  # the others find them built, so only the main one rebuilds
             rebuild = data_args.rebuild_token_cache and accelerator.is_main_process
             build_caches(data_args.sources, tokenizer, data_args.cache_dir, data_args.num_proc, rebuild)
+    base = MusicTokenizer.from_pretrained(adding_to) if adding_to else MusicTokenizer()
     counts = composer_counts(data_args.sources, "train", tokenizer, **cache_options)
-    if adding_to:
-        counts += Counter(MusicTokenizer.from_pretrained(adding_to).training_pieces)
-    tokenizer.training_pieces = dict(counts)
+    tokenizer.training_pieces = dict(counts + Counter(base.training_pieces))
+    for kind in tokenizer.kinds[1:]:  # genre, tempo, mode: for the card and --list-conditions
+        counts = composer_counts(data_args.sources, "train", tokenizer, kind=kind, **cache_options)
+        tokenizer.condition_pieces[kind] = dict(counts + Counter(base.condition_pieces.get(kind, {})))
 
 
 def training_length(data_args: DataArguments, train_args: TrainArguments, processes: int) -> tuple[int, int]:

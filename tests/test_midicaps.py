@@ -128,9 +128,14 @@ def test_conditions_save_and_reload_and_a_composer_only_tokenizer_keeps_its_fing
     assert before == "2139b7338a268dda"  # as before other kinds existed: its token caches stay valid
     tokenizer.add_conditions("genre", ["Jazz", "Hip-Hop"])
     tokenizer.add_conditions("tempo", [70, "fast"])
+    tokenizer.condition_pieces = {"genre": {"jazz": 3, "hip_hop": 5}}  # recorded, not part of the ids
+    fingerprint = tokenizer.fingerprint()
     tokenizer.save_pretrained(tmp_path)
     loaded = MusicTokenizer.from_pretrained(tmp_path)
-    assert loaded.condition_token_ids == tokenizer.condition_token_ids and loaded.fingerprint() != before
+    assert (
+        loaded.condition_token_ids == tokenizer.condition_token_ids and loaded.fingerprint() == fingerprint != before
+    )
+    assert loaded.condition_pieces == {"genre": {"hip_hop": 5, "jazz": 3}}
     assert loaded.values("genre") == ["hip_hop", "jazz"] and loaded.values("tempo") == ["fast", "slow"]
     vocabulary = MusicVocabulary(str(tmp_path))
     assert vocabulary.kinds == loaded.kinds == ["composer", "genre", "tempo"]
@@ -175,7 +180,8 @@ def test_a_model_trained_on_the_mirror_generates_for_a_genre(midicaps_model):
 def test_generate_lists_the_conditions_and_names_a_sample_by_them(midicaps_model, tmp_path, capsys):
     generate = load_script("generate")
     generate.main(["--model", str(midicaps_model), "--list-conditions"])
-    assert "--genre: jazz, rock" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert "--genre: jazz (1), rock (1)" in listed and "--tempo: fast (1), slow (1), moderate (0)" in listed
     rows = generate.main(
         ["--model", str(midicaps_model), "--genre", "rock", "--length", "8", "--output_dir", str(tmp_path)]
     )
@@ -242,7 +248,7 @@ def test_the_card_of_a_midicaps_model_shows_its_conditions_licence_and_citation(
     card = (midicaps_model / "README.md").read_text()
     assert "in the style of a requested composer, genre, tempo and mode" in card
     assert "`BOS, Composer_<name>, Genre_<name>, TempoBucket_<name>, Mode_<name>`" in card
-    assert 'generate(genre="jazz", max_new_tokens=1000' in card and "- `genre=`: `jazz`, `rock`" in card
+    assert 'generate(genre="jazz", max_new_tokens=1000' in card and "- `genre=`: `jazz` (1), `rock` (1)" in card
     assert "licence CC-BY-SA 4.0" in card and "@article{melechovsky2024midicaps" in card
     # trained with --identification_condition genre: its validation names genres, and the card says so
     assert "**The genre is followed" in card and "against a chance of 0.500 among the 2 genres" in card

@@ -429,6 +429,12 @@ def tokenizer_for_sources(
         if values:
             tokenizer.add_conditions(kind, values)
     tokenizer.training_pieces = dict(Counter(f.composer for f in files if f.split == "train"))
+    train = [json.loads(f.conditions) for f in files if f.conditions and f.split == "train"]
+    tokenizer.condition_pieces = {
+        kind: dict(Counter(conditions.get(kind, UNKNOWN) for conditions in train))
+        for kind in tokenizer.kinds
+        if kind != "composer"
+    }
     if bpe_vocab_size:
         rows = itertools.islice(mix_sources(uris, split="train", weights=weights), bpe_max_files)
         tokenizer.train_bpe(bpe_vocab_size, (row["midi"] for row in rows))

@@ -13,7 +13,8 @@ frames it as `BOS, Composer_<name>, <music>, EOS`, as it always has.
 
 A saved folder holds miditok's `tokenizer.json` (readable by miditok alone) and
 `music_tokenizer.json`, a plain JSON description of the condition tokens, of how many
-training pieces each composer had (`training_pieces`) and of the decoding grammar, so the
+training pieces each composer had (`training_pieces`; `condition_pieces` for the other
+kinds' values) and of the decoding grammar, so the
 Hub pipeline can use the folder with nothing but miditok installed.
 """
 
@@ -156,6 +157,7 @@ class MusicTokenizer:
         # behind the model it was saved with: which composer tokens a model has learned well.
         # Not part of the ids: the fingerprint ignores it.
         self.training_pieces: dict[str, int] = {}
+        self.condition_pieces: dict[str, dict[str, int]] = {}  # the same for each other kind: kind -> value -> n
 
     # ----- vocabulary -----
     @property
@@ -361,7 +363,8 @@ class MusicTokenizer:
             "condition_tokens": self.condition_token_ids,
             "condition_kinds": {kind: TOKEN_PREFIXES[kind] for kind in self.kinds},
             "tempo_buckets": {name: None if math.isinf(bound) else bound for name, bound in TEMPO_BUCKETS.items()},
-            "training_pieces": dict(sorted(self.training_pieces.items(), key=lambda item: (-item[1], item[0]))),
+            "training_pieces": most_first(self.training_pieces),
+            "condition_pieces": {kind: most_first(counts) for kind, counts in self.condition_pieces.items()},
             "composer_aliases": ALIASES,
             "hyphenated_composers": list(HYPHENATED),
             "grammar": self.grammar().to_dict(),
@@ -399,6 +402,7 @@ class MusicTokenizer:
         by_id = sorted(description["condition_tokens"].items(), key=lambda item: item[1])
         tokenizer._conditions = [_kind_and_name(token) for token, _ in by_id]
         tokenizer.training_pieces = description.get("training_pieces", {})
+        tokenizer.condition_pieces = description.get("condition_pieces", {})
         if by_id[0][1] != tokenizer.base_vocab_size or tokenizer._conditions[0] != ("composer", UNKNOWN):
             raise ValueError(f"{folder / CONDITIONS_FILE} does not match {folder / BASE_FILE}: rebuild the tokenizer")
         return tokenizer
@@ -411,6 +415,10 @@ class MusicTokenizer:
             self.save_pretrained(folder)
             commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message="Upload music tokenizer")
         return commit.commit_url
+
+
+def most_first(counts: dict[str, int]) -> dict[str, int]:
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def _kind_and_name(token: str) -> tuple[str, str]:
