@@ -20,7 +20,15 @@ from modeling import catalog
 from modeling.pipeline_midi_generation import MusicVocabulary
 from tokenization import MusicTokenizer, TokenBlockStream, TokenCache, list_midi_files, load_source, open_pieces
 from tokenization.cache import source_key
-from tokenization.sources import ARCHIVE_SPLITS, read_archive, resolve, split_of, tokenizer_for_sources
+from tokenization.conditions import canonical_value, tempo_bucket
+from tokenization.sources import (
+    ARCHIVE_SPLITS,
+    metadata_conditions,
+    read_archive,
+    resolve,
+    split_of,
+    tokenizer_for_sources,
+)
 
 # genre, test_set and the split the member's name must hash to, per bundled Lakh file
 PLAN = [("rock", False, "train"), ("jazz", False, "train"), ("rock", False, "validation"), ("rock", True, None)]
@@ -120,6 +128,23 @@ def test_blocks_open_with_every_condition_and_dropout_leaves_each_open_on_its_ow
     open_genre = [h for h in heads if h["genre"] == "Unknown"]
     assert open_genre and any(h["tempo"] != "Unknown" for h in open_genre)  # one left open, the other kept
     assert any(h["genre"] != "Unknown" and h["tempo"] == "Unknown" for h in heads)
+
+
+def test_metadata_values_become_tokens_and_bad_ones_unknown():
+    row = {"genre": ["pop", "jazz"], "genre_prob": [0.3, 0.6], "tempo": 132.5, "key": "F# minor"}
+    assert metadata_conditions(row) == {"genre": "jazz", "tempo": "fast", "mode": "minor"}
+    assert [tempo_bucket(bpm) for bpm in (79.9, 80, 119.9, 120, "96", None, "n/a", -1, float("nan"))] == [
+        *("slow", "moderate", "moderate", "fast", "moderate"),
+        *["Unknown"] * 4,
+    ]
+    assert metadata_conditions({"genre": [], "key": "atonal"}) == {
+        "genre": "Unknown",
+        "tempo": "Unknown",
+        "mode": "Unknown",
+    }
+    assert canonical_value("genre", "Hip-Hop") == "hip_hop" and canonical_value("tempo", "FAST") == "fast"
+    with pytest.raises(ValueError, match="unknown condition 'mood': the conditions are composer, genre, tempo, mode"):
+        canonical_value("mood", "happy")
 
 
 def test_conditions_save_and_reload_and_a_composer_only_tokenizer_keeps_its_fingerprint(tmp_path):

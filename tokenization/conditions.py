@@ -24,11 +24,12 @@ TEMPO_BUCKETS = {"slow": 80.0, "moderate": 120.0, "fast": math.inf}
 MODES = ("major", "minor")
 
 
-def tempo_bucket(bpm: float | None) -> str:
-    """The bucket of a tempo in beats per minute (`Unknown` for none or a non-positive one)."""
-    if bpm is None or not bpm > 0:
+def tempo_bucket(bpm: str | float | None) -> str:
+    """The bucket of a tempo in beats per minute (`Unknown` for none, or one that is no positive
+    number: metadata can hold anything)."""
+    if not _is_number(bpm) or not 0 < float(bpm) < math.inf:
         return UNKNOWN
-    return next(name for name, bound in TEMPO_BUCKETS.items() if bpm < bound or math.isinf(bound))
+    return next(name for name, bound in TEMPO_BUCKETS.items() if float(bpm) < bound)
 
 
 def mode_of(key: str | None) -> str:
@@ -40,7 +41,7 @@ def mode_of(key: str | None) -> str:
 def canonical_value(kind: str, value: str | float | None) -> str:
     """The token name of a condition value: normalised, `Unknown` for an empty one.
 
-    A tempo may be given in beats per minute; a value of another kind is an error.
+    A tempo may be given in beats per minute; a kind that is none of `KINDS` is an error.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown condition {kind!r}: the conditions are {', '.join(KINDS)}")
