@@ -76,7 +76,7 @@ from tokenization import (
     MusicTokenizer,
     TokenBlockStream,
     build_caches,
-    composer_counts,
+    condition_counts,
     evaluation_blocks,
     open_pieces,
     pieces_of,
@@ -414,11 +414,7 @@ def identification_setup(tokenizer, data_args: DataArguments, config, added: lis
     composer (or genre, ...) with enough training pieces and of the `added` composers (a
     fine-tuning's new conditions, however few their pieces)."""
     kind = data_args.identification_condition
-    if kind == "composer":
-        counts = tokenizer.training_pieces
-    else:
-        options = {"cached": data_args.token_cache, "cache_dir": data_args.cache_dir, "num_proc": data_args.num_proc}
-        counts = composer_counts(data_args.sources, "train", tokenizer, kind=kind, **options)
+    counts = tokenizer.training_pieces if kind == "composer" else tokenizer.condition_pieces.get(kind, {})
     well_trained = {name for name, n in counts.items() if n >= data_args.identification_min_files}
     new = {tokenizer.condition_name(name) for name in added} if kind == "composer" else set()
     candidates = sorted(name for name in well_trained | new if name in tokenizer.values(kind))
@@ -632,12 +628,14 @@ def count_training_pieces(
         with accelerator.main_process_first():  # the others find them built, so only the main one rebuilds
             rebuild = data_args.rebuild_token_cache and accelerator.is_main_process
             build_caches(data_args.sources, tokenizer, data_args.cache_dir, data_args.num_proc, rebuild)
-    base = MusicTokenizer.from_pretrained(adding_to) if adding_to else MusicTokenizer()
-    counts = composer_counts(data_args.sources, "train", tokenizer, **cache_options)
-    tokenizer.training_pieces = dict(counts + Counter(base.training_pieces))
-    for kind in tokenizer.kinds[1:]:  # genre, tempo, mode: for the card and --list-conditions
-        counts = composer_counts(data_args.sources, "train", tokenizer, kind=kind, **cache_options)
-        tokenizer.condition_pieces[kind] = dict(counts + Counter(base.condition_pieces.get(kind, {})))
+    counts = condition_counts(data_args.sources, "train", tokenizer, tokenizer.kinds, **cache_options)
+    if adding_to:
+        base = MusicTokenizer.from_pretrained(adding_to)
+        counts["composer"] += Counter(base.training_pieces)
+        for kind, pieces in base.condition_pieces.items():
+            counts[kind] += Counter(pieces)
+    tokenizer.training_pieces = dict(counts.pop("composer"))
+    tokenizer.condition_pieces = {kind: dict(pieces) for kind, pieces in counts.items()}  # genre, tempo, mode
 
 
 def training_length(data_args: DataArguments, train_args: TrainArguments, processes: int) -> tuple[int, int]:

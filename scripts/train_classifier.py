@@ -53,7 +53,7 @@ from tokenization import (
     BlockCollator,
     MusicTokenizer,
     build_caches,
-    composer_counts,
+    condition_counts,
     open_pieces,
     skip_summary,
     tokenizer_for,
@@ -118,9 +118,8 @@ def class_names(args: Arguments, tokenizer: MusicTokenizer) -> list[str]:
     if args.composers:
         names = list(dict.fromkeys(canonical_value(args.condition, n) for n in args.composers.split(",") if n.strip()))
     else:
-        counts = composer_counts(
-            args.sources, "train", tokenizer, cached=args.token_cache, cache_dir=args.cache_dir, kind=args.condition
-        )
+        options = {"cached": args.token_cache, "cache_dir": args.cache_dir}
+        counts = condition_counts(args.sources, "train", tokenizer, [args.condition], **options)[args.condition]
         names = sorted(composers_by_files(counts, args.min_files))
     if len(names) < 2:
         raise ValueError(

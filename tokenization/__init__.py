@@ -1,7 +1,7 @@
 """Music tokenization and the MIDI data layer."""
 
 from .blocks import BlockCollator, BlockPacker, TokenBlockStream, evaluation_blocks, pieces_of, skip_summary
-from .cache import TokenCache, build_caches, composer_counts, open_pieces, split_names, tokenizer_for
+from .cache import TokenCache, build_caches, condition_counts, open_pieces, split_names, tokenizer_for
 from .composers import UNKNOWN, canonical_composer
 from .grammar import MusicGrammar
 from .sources import list_midi_files, load_source, mix_sources, split_of, tokenizer_for_sources
@@ -18,7 +18,7 @@ __all__ = [
     "TokenCache",
     "build_caches",
     "canonical_composer",
-    "composer_counts",
+    "condition_counts",
     "evaluation_blocks",
     "list_midi_files",
     "load_score",

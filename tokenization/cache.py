@@ -35,6 +35,7 @@ import logging
 import os
 import shutil
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import fsspec
@@ -107,8 +108,9 @@ def read_info(folder: Path) -> dict:
 
 
 def listing_digest(files: list[MidiFile]) -> str:
-    """A digest of a source's files (path, size, labels): it changes when the source does."""
-    listing = [(f.path, f.size, f.composer, *([f.conditions] if f.conditions else [])) for f in files]
+    """A digest of a source's files (path, size, label): it changes when the source does. (A
+    MidiCaps archive, whose files carry conditions, has its `archive_signature` instead.)"""
+    listing = [(f.path, f.size, f.composer) for f in files]
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
 
 
@@ -304,11 +306,12 @@ class TokenCache:
         where = {"folder": str(self.folder), "listing": self.info["listing"]}
         return IterableDataset.from_generator(_read_rows, gen_kwargs={"rows": rows, **where}, features=features)
 
-    def composer_counts(self, split: str | None = None, kind: str = "composer") -> Counter:
-        """Pieces per composer (or per value of another condition `kind`) in `split`."""
+    def condition_counts(self, split: str | None = None, kinds: Iterable[str] = ("composer",)) -> dict[str, Counter]:
+        """Pieces per composer (and per value of each other condition in `kinds`) in `split`, in
+        one read of the labels."""
         composers, conditions = self.dataset["composer"], self.dataset["conditions"]
-        rows = ({"composer": composers[i], "conditions": conditions[i]} for i in self.indices(split))
-        return Counter(label_of(row, kind) for row in rows)
+        rows = [{"composer": composers[i], "conditions": conditions[i]} for i in self.indices(split)]
+        return {kind: Counter(label_of(row, kind) for row in rows) for kind in kinds}
 
 
 @functools.lru_cache(maxsize=8)
@@ -434,23 +437,28 @@ def split_names(uri: str) -> set[str]:
     return {f.split for f in list_midi_files(uri)}
 
 
-def composer_counts(
+def condition_counts(
     uris: list[str],
     split: str,
     tokenizer: MusicTokenizer,
+    kinds: Iterable[str] = ("composer",),
     *,
     cached: bool = True,
     cache_dir: str | Path | None = None,
     num_proc: int | None = None,
-    kind: str = "composer",
-) -> Counter:
-    """Pieces (files, without the cache) per composer, or per value of another condition `kind`,
-    in `split` of all `uris` together."""
+) -> dict[str, Counter]:
+    """Pieces (files, without the cache) per composer, and per value of each other condition in
+    `kinds`, in `split` of all `uris` together; each source opened once for all kinds."""
+    totals = {kind: Counter() for kind in kinds}
     if cached:
-        caches = [TokenCache.for_source(uri, tokenizer, cache_dir, num_proc) for uri in uris]
-        return sum((cache.composer_counts(split, kind) for cache in caches), Counter())
-    files = (f for uri in uris for f in list_midi_files(uri, split))
-    return Counter(label_of({"composer": f.composer, "conditions": f.conditions}, kind) for f in files)
+        for uri in uris:
+            for kind, counts in (
+                TokenCache.for_source(uri, tokenizer, cache_dir, num_proc).condition_counts(split, kinds).items()
+            ):
+                totals[kind] += counts
+        return totals
+    rows = [{"composer": f.composer, "conditions": f.conditions} for uri in uris for f in list_midi_files(uri, split)]
+    return {kind: Counter(label_of(row, kind) for row in rows) for kind in kinds}
 
 
 def tokenizer_for(
